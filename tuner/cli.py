@@ -1,0 +1,141 @@
+"""The command line: parses arguments and calls the modules that do the work.
+
+Exit codes: 0 success; 2 bad input or a refused action (one line on stderr); 1 an unexpected
+fault.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+import optuna
+
+from tuner import holdout
+from tuner import study as studies
+from tuner.data import load_training_data
+from tuner.errors import TunerError
+from tuner.spec import load_spec
+from tuner.storage import get_artifact_store, get_storage, resolve_storage_url
+
+storage_option = click.option(
+    "--storage", "storage_url", metavar="URL", default=None,
+    help="Database URL; default $TUNER_STORAGE, else sqlite:///tuner.db.")
+artifact_option = click.option(
+    "--artifact-dir", metavar="DIR", default=None,
+    help="Folder of saved model weights; default $TUNER_ARTIFACT_DIR, else beside the SQLite file.")
+
+
+@click.group()
+@click.version_option(package_name="tuner")
+def cli() -> None:
+    """tuner: hyperparameter tuning of NumPy BN-MLPs with a locked test evaluation."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@cli.group()
+def study() -> None:
+    """Create, run, inspect and finalize studies."""
+
+
+def _format_params(params: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _print_trial(trial: optuna.trial.FrozenTrial) -> None:
+    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    seconds = studies.trial_seconds(trial)
+    note = f"  ({trial.user_attrs['diverged']})" if "diverged" in trial.user_attrs else ""
+    click.echo(f"trial {trial.number:>4}  {trial.state.name:<8}  value={value}  "
+               f"{_format_params(trial.params)}  {seconds or 0:.2f}s{note}")
+
+
+@study.command()
+@click.argument("spec_path", metavar="SPEC")
+@storage_option
+@artifact_option
+@click.option("--name", default=None, help="Study name; default the spec's study.name.")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Study-wide total of complete and pruned trials; default the spec's study.n_trials.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop starting new trials after this many seconds.")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed of the sampler and of each trial's initialization; default the spec's study.seed.")
+def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed) -> None:
+    """Create the study of SPEC (or resume it) and run its trials."""
+    spec = load_spec(spec_path)
+    url = resolve_storage_url(storage_url)
+    storage = get_storage(url)
+    name = name or spec.name
+    seed = spec.seed if seed is None else seed
+    n_trials = n_trials or spec.n_trials
+    data = load_training_data(spec.data)
+    study = studies.create_or_resume(spec, storage, data, name=name, seed=seed)
+    click.echo(f"study {name!r}: {len(data.y_train)} training and {len(data.y_validation)} "
+               f"validation rows, {n_trials} trials in total")
+    t0 = time.perf_counter()
+    studies.run(study, spec, data, get_artifact_store(url, artifact_dir), n_trials=n_trials,
+                seed=seed, timeout=timeout, on_trial=_print_trial)
+    counts = studies.count_trials(study)
+    click.echo(f"done in {time.perf_counter() - t0:.1f}s: " +
+               ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
+    try:
+        best = study.best_trial
+    except ValueError:
+        click.echo("no completed trial")
+        return
+    click.echo(f"best trial {best.number}: validation {spec.metric} {best.value:.4f}  "
+               f"{_format_params(best.params)}")
+
+
+@study.command()
+@click.argument("name")
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def show(name, storage_url, as_json) -> None:
+    """Show a study: trials by state, best trial, locked test result."""
+    storage = get_storage(resolve_storage_url(storage_url))
+    info = studies.summary(studies.load(storage, name), storage)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(f"study {info['name']} ({info['direction']} {info['metric']})")
+    click.echo("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in info["n_trials"].items() if n))
+    if info["best"]:
+        b = info["best"]
+        click.echo(f"best trial {b['number']}: validation {b['value']:.4f}  {_format_params(b['params'])}")
+    record = holdout.get_record(storage, name)
+    click.echo(f"sealed: {holdout.describe(record)}" if record else "not finalized")
+
+
+@study.command()
+@click.argument("name")
+@storage_option
+@artifact_option
+def finalize(name, storage_url, artifact_dir) -> None:
+    """Evaluate the best trial on the test split: once, recorded, and the study sealed."""
+    url = resolve_storage_url(storage_url)
+    storage = get_storage(url)
+    record = holdout.finalize(studies.load(storage, name), storage, get_artifact_store(url, artifact_dir))
+    click.echo(f"study {name!r} finalized and sealed: {holdout.describe(record)}; "
+               f"validation was {record['validation_value']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``tuner`` command."""
+    try:
+        cli.main(args=argv, prog_name="tuner", standalone_mode=False)
+    except TunerError as e:
+        click.echo(f"tuner: error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("tuner: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"tuner: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(0)

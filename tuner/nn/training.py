@@ -1,0 +1,72 @@
+"""Mini-batch training loop."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from tuner.nn.model import MLP
+
+
+class DivergedError(ArithmeticError):
+    """The training loss became NaN or infinite (too large a learning rate, usually)."""
+
+    def __init__(self, epoch: int, batch: int, loss: float) -> None:
+        super().__init__(f"training loss became {loss} at epoch {epoch}, batch {batch}")
+        self.epoch, self.batch, self.loss = epoch, batch, loss
+
+
+def fit(
+    model: MLP,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer,
+    seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` on ``(X, y)`` with mini-batches reshuffled every epoch.
+
+    Args:
+        X: ``(n_samples, n_inputs)`` features; cast once to the model's dtype.
+        y: ``(n_samples,)`` integer labels.
+        epochs: passes over the data.
+        batch_size: samples per mini-batch; a last partial batch of one sample is dropped
+            (BatchNorm needs at least two).
+        optimizer: an object with ``step(params, grads)``.
+        seed: seed of the shuffling Generator.
+        on_epoch: called after each epoch with ``(epoch, mean training loss)``, epochs
+            counted from 1; it may raise to stop training (e.g. ``optuna.TrialPruned``).
+
+    Returns:
+        The mean training loss of each epoch.
+
+    Raises:
+        DivergedError: a mini-batch loss is not finite.
+    """
+    X = np.ascontiguousarray(X, dtype=model.dtype)
+    y = np.asarray(y, dtype=np.int64)
+    n = X.shape[0]
+    rng = np.random.default_rng(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(n)
+        total, count = 0.0, 0
+        for b, start in enumerate(range(0, n, batch_size)):
+            idx = order[start:start + batch_size]
+            if idx.size < 2:
+                continue
+            loss = model.loss_and_gradients(X[idx], y[idx])
+            if not math.isfinite(loss):
+                raise DivergedError(epoch, b, loss)
+            optimizer.step(model.params, model.grads)
+            total += loss * idx.size
+            count += idx.size
+        history.append(total / count)
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1])
+    return history

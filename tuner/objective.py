@@ -1,0 +1,111 @@
+"""One trial: suggest hyperparameters, build and train a BN-MLP, score it on the validation split.
+
+The objective is given :class:`tuner.data.TrainingData`, which holds no test rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.artifacts import upload_artifact
+
+from tuner.data import TrainingData
+from tuner.nn import MLP, DivergedError, fit, make_optimizer
+from tuner.search import suggest
+from tuner.spec import StudySpec
+
+WEIGHTS_ARTIFACT_ATTR = "weights_artifact_id"
+WEIGHTS_SHA256_ATTR = "weights_sha256"
+
+
+def accuracy(model: MLP, X: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of rows of ``X`` ``(n, features)`` whose predicted class equals ``y`` ``(n,)``."""
+    return float(np.mean(model.predict(X) == y))
+
+
+def trial_seeds(seed: int, trial_number: int) -> tuple[int, int]:
+    """Seeds of a trial's weight initialization and mini-batch shuffle, from the study seed."""
+    init_seed, shuffle_seed = np.random.SeedSequence([seed, trial_number]).generate_state(2)
+    return int(init_seed), int(shuffle_seed)
+
+
+def build_model(spec: StudySpec, hp: dict, n_features: int, n_classes: int, seed: int) -> MLP:
+    """The BN-MLP a trial trains, from the spec's model section and suggested values."""
+    return MLP(
+        n_features,
+        [hp["width"]] * spec.model["hidden_layers"],
+        n_classes,
+        activation=spec.model["activation"],
+        initializer=hp["initializer"],
+        batchnorm=spec.model["batchnorm"],
+        weight_decay=hp["weight_decay"],
+        seed=seed,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class Objective:
+    """Callable for ``study.optimize``: returns the final validation accuracy of one trial.
+
+    Every epoch the validation accuracy is reported as the trial's intermediate value, and
+    the pruner may stop the trial. A trial whose loss turns NaN or infinite is pruned with
+    the reason in its user attribute ``diverged``. A trial whose value is at least the
+    study's best so far saves its model (npz) to the artifact store, with the SHA-256 in the
+    user attribute ``weights_sha256``, so that the locked test evaluation uses exactly the
+    weights that were scored on validation.
+    """
+
+    def __init__(self, spec: StudySpec, data: TrainingData, artifact_store, *, seed: int) -> None:
+        self.spec, self.data, self.artifact_store, self.seed = spec, data, artifact_store, seed
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        hp = suggest(trial, self.spec.search)
+        init_seed, shuffle_seed = trial_seeds(self.seed, trial.number)
+        d = self.data
+        model = build_model(self.spec, hp, d.n_features, len(d.classes), init_seed)
+        options = {"momentum": hp["momentum"]} if hp["optimizer"] == "momentum" else {}
+        optimizer = make_optimizer(hp["optimizer"], hp["learning_rate"], **options)
+        scores: list[float] = []
+
+        def on_epoch(epoch: int, train_loss: float) -> None:
+            scores.append(accuracy(model, d.X_validation, d.y_validation))
+            trial.report(scores[-1], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        try:
+            fit(model, d.X_train, d.y_train, epochs=self.spec.model["epochs"],
+                batch_size=hp["batch_size"], optimizer=optimizer, seed=shuffle_seed,
+                on_epoch=on_epoch)
+        except DivergedError as e:
+            trial.set_user_attr("diverged", str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        value = scores[-1]
+        if self._is_best_so_far(trial.study, value):
+            self._save_weights(trial, model)
+        return value
+
+    def _is_best_so_far(self, study: optuna.Study, value: float) -> bool:
+        try:
+            best = study.best_value
+        except ValueError:  # no completed trial yet
+            return True
+        return value >= best if self.spec.direction == "maximize" else value <= best
+
+    def _save_weights(self, trial: optuna.Trial, model: MLP) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial-{trial.number}-weights.npz"
+            model.save(path)
+            digest = sha256_file(path)
+            artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
+                                          study_or_trial=trial)
+        trial.set_user_attr(WEIGHTS_ARTIFACT_ATTR, artifact_id)
+        trial.set_user_attr(WEIGHTS_SHA256_ATTR, digest)

@@ -1,0 +1,311 @@
+"""The study spec (TOML): schema, defaults and validation at the boundary.
+
+A spec has the tables ``[study]``, ``[data]``, ``[model]``, ``[search]``, ``[sampler]`` and
+``[pruner]``. Only ``data.source`` is required; every other key has the default in
+:data:`DEFAULTS`. Unknown keys, wrong types and values out of range raise :class:`SpecError`
+naming the key, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import SpecError
+from tuner.nn.initializers import weight_std
+from tuner.nn.layers import ACTIVATIONS
+from tuner.nn.optimizers import OPTIMIZERS
+
+METRICS = {"accuracy": "maximize"}
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "none")
+SCALINGS = ("standard", "none")
+
+#: Every key's default. ``study.name`` defaults to the spec file's stem and ``data.seed`` to
+#: ``study.seed``.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "study": {"name": None, "metric": "accuracy", "n_trials": 40, "seed": 0},
+    "data": {
+        "source": None,
+        "target": None,
+        "split": {"train": 0.6, "validation": 0.2, "test": 0.2},
+        "scaling": "standard",
+        "seed": None,
+    },
+    "model": {"hidden_layers": 2, "activation": "relu", "batchnorm": True, "epochs": 30},
+    "search": {
+        "learning_rate": {"low": 1e-4, "high": 1.0, "log": True},
+        "weight_decay": {"low": 1e-8, "high": 1e-2, "log": True},
+        "batch_size": {"choices": [32, 64, 128, 256]},
+        "width": {"low": 16, "high": 512, "log": True},
+        "initializer": {"choices": ["he", "xavier", "normal:0.01"]},
+        "optimizer": "momentum",
+        "momentum": 0.9,
+    },
+    "sampler": {"name": "tpe", "n_startup_trials": 10},
+    "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 5},
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One search-space entry: a fixed value, a float or int range, or categorical choices."""
+
+    name: str
+    kind: str  # "fixed", "float", "int" or "categorical"
+    value: Any = None
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str
+    target: str | None
+    split: dict[str, float]
+    scaling: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated spec. ``resolved`` is the complete spec as a JSON-able dict (defaults filled
+    in, file paths absolute); :func:`parse_spec_dict` of it gives this spec back."""
+
+    name: str
+    metric: str
+    direction: str
+    n_trials: int
+    seed: int
+    data: DataSpec
+    model: dict[str, Any]
+    search: dict[str, Param]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    resolved: dict[str, Any] = field(repr=False)
+
+
+def _fail(key: str, message: str) -> None:
+    raise SpecError(f"{key}: {message}")
+
+
+def _check_keys(table: dict, known, where: str) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            _fail(f"{where}.{key}" if where else key, f"unknown key{hint}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _int(table: dict, key: str, where: str, minimum: int) -> int:
+    v = table[key]
+    if not _is_int(v) or v < minimum:
+        _fail(f"{where}.{key}", f"must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _choice(table: dict, key: str, where: str, allowed) -> str:
+    v = table[key]
+    if v not in allowed:
+        _fail(f"{where}.{key}", f"must be one of {', '.join(map(repr, allowed))}, got {v!r}")
+    return v
+
+
+def _bool(table: dict, key: str, where: str) -> bool:
+    v = table[key]
+    if not isinstance(v, bool):
+        _fail(f"{where}.{key}", f"must be true or false, got {v!r}")
+    return v
+
+
+# Domain of each searchable parameter: a check of one value, and what it allows.
+def _positive(v):
+    return _is_number(v) and v > 0
+
+
+def _non_negative(v):
+    return _is_number(v) and v >= 0
+
+
+def _valid_initializer(v):
+    try:
+        return isinstance(v, str) and weight_std(v, 1) > 0
+    except ValueError:
+        return False
+
+
+SEARCH_PARAMS: dict[str, tuple[Any, str]] = {
+    "learning_rate": (_positive, "a number > 0"),
+    "weight_decay": (_non_negative, "a number >= 0"),
+    "batch_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "width": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "initializer": (_valid_initializer, "'he', 'xavier' or 'normal:STD' with STD > 0"),
+    "optimizer": (lambda v: v in OPTIMIZERS, " or ".join(map(repr, OPTIMIZERS))),
+    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _parse_param(name: str, raw: Any) -> Param:
+    key = f"search.{name}"
+    valid, allowed = SEARCH_PARAMS[name]
+    if not isinstance(raw, dict):
+        if not valid(raw):
+            _fail(key, f"must be {allowed}, got {raw!r}")
+        return Param(name, "fixed", value=raw)
+    if "choices" in raw:
+        _check_keys(raw, ["choices"], key)
+        choices = raw["choices"]
+        if not isinstance(choices, list) or not choices:
+            _fail(f"{key}.choices", f"must be a non-empty list, got {choices!r}")
+        for c in choices:
+            if not valid(c):
+                _fail(f"{key}.choices", f"each choice must be {allowed}, got {c!r}")
+        if len(set(map(repr, choices))) != len(choices):
+            _fail(f"{key}.choices", f"has a repeated choice: {choices!r}")
+        return Param(name, "categorical", choices=tuple(choices))
+    _check_keys(raw, ["low", "high", "log", "step"], key)
+    for bound in ("low", "high"):
+        if bound not in raw:
+            _fail(key, f"a range needs 'low' and 'high' (or use 'choices' or a fixed value); '{bound}' is missing")
+        if not valid(raw[bound]):
+            _fail(f"{key}.{bound}", f"must be {allowed}, got {raw[bound]!r}")
+    low, high = raw["low"], raw["high"]
+    if not low < high:
+        _fail(key, f"low must be < high, got low={low!r}, high={high!r}")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        _fail(f"{key}.log", f"must be true or false, got {log!r}")
+    if log and low <= 0:
+        _fail(f"{key}.low", f"must be > 0 when log = true, got {low!r}")
+    step = raw.get("step")
+    if step is not None:
+        if not _is_number(step) or step <= 0:
+            _fail(f"{key}.step", f"must be a number > 0, got {step!r}")
+        if log:
+            _fail(f"{key}.step", "cannot be combined with log = true")
+    is_int = _is_int(low) and _is_int(high) and (step is None or _is_int(step))
+    return Param(name, "int" if is_int else "float", low=low, high=high, log=log, step=step)
+
+
+def _merge(defaults: dict, given: dict, where: str) -> dict:
+    """Defaults overlaid by the given table, after refusing unknown keys."""
+    _check_keys(given, defaults, where)
+    return {**copy.deepcopy(defaults), **copy.deepcopy(given)}
+
+
+def parse_spec_dict(raw: dict, *, default_name: str = "study") -> StudySpec:
+    """Validate a spec given as a dict (as TOML parses it) and fill in the defaults.
+
+    Args:
+        raw: the spec's tables.
+        default_name: the study name when ``study.name`` is absent.
+
+    Raises:
+        SpecError: an unknown key (named, with the closest known one), a wrong type or a
+            value out of range.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError("the spec must be a TOML document of tables")
+    _check_keys(raw, DEFAULTS, "")
+    for section, value in raw.items():
+        if not isinstance(value, dict):
+            _fail(section, f"must be a table ([{section}]), got {value!r}")
+    study = _merge(DEFAULTS["study"], raw.get("study", {}), "study")
+    data = _merge(DEFAULTS["data"], raw.get("data", {}), "data")
+    model = _merge(DEFAULTS["model"], raw.get("model", {}), "model")
+    search_raw = raw.get("search", {})
+    _check_keys(search_raw, SEARCH_PARAMS, "search")
+    search = {**copy.deepcopy(DEFAULTS["search"]), **copy.deepcopy(search_raw)}
+    sampler = _merge(DEFAULTS["sampler"], raw.get("sampler", {}), "sampler")
+    pruner = _merge(DEFAULTS["pruner"], raw.get("pruner", {}), "pruner")
+
+    if study["name"] is None:
+        study["name"] = default_name
+    if not isinstance(study["name"], str) or not study["name"].strip():
+        _fail("study.name", f"must be a non-empty string, got {study['name']!r}")
+    _choice(study, "metric", "study", METRICS)
+    _int(study, "n_trials", "study", 1)
+    _int(study, "seed", "study", 0)
+
+    if data["source"] is None:
+        _fail("data.source", "is required, e.g. source = \"sklearn:digits\"")
+    if not isinstance(data["source"], str) or ":" not in data["source"]:
+        _fail("data.source", f"must be 'SCHEME:ARGUMENT' such as 'sklearn:digits', got {data['source']!r}")
+    split = data["split"]
+    if not isinstance(split, dict):
+        _fail("data.split", f"must be a table {{train, validation, test}}, got {split!r}")
+    split = _merge(DEFAULTS["data"]["split"], split, "data.split")
+    for part, fraction in split.items():
+        if not _is_number(fraction) or not 0 < fraction < 1:
+            _fail(f"data.split.{part}", f"must be a fraction in (0, 1), got {fraction!r}")
+    if not math.isclose(sum(split.values()), 1.0, abs_tol=1e-9):
+        _fail("data.split", f"fractions must sum to 1, got {sum(split.values())!r}")
+    data["split"] = {k: float(v) for k, v in split.items()}
+    _choice(data, "scaling", "data", SCALINGS)
+    if data["seed"] is None:
+        data["seed"] = study["seed"]
+    _int(data, "seed", "data", 0)
+    if data["target"] is not None and not isinstance(data["target"], str):
+        _fail("data.target", f"must be a column name, got {data['target']!r}")
+
+    _int(model, "hidden_layers", "model", 1)
+    _choice(model, "activation", "model", ACTIVATIONS)
+    _bool(model, "batchnorm", "model")
+    _int(model, "epochs", "model", 1)
+
+    params = {name: _parse_param(name, value) for name, value in search.items()}
+
+    _choice(sampler, "name", "sampler", SAMPLERS)
+    _int(sampler, "n_startup_trials", "sampler", 0)
+    _choice(pruner, "name", "pruner", PRUNERS)
+    _int(pruner, "n_startup_trials", "pruner", 0)
+    _int(pruner, "n_warmup_steps", "pruner", 0)
+
+    resolved = {"study": study, "data": data, "model": model, "search": search,
+                "sampler": sampler, "pruner": pruner}
+    return StudySpec(
+        name=study["name"], metric=study["metric"], direction=METRICS[study["metric"]],
+        n_trials=study["n_trials"], seed=study["seed"],
+        data=DataSpec(source=data["source"], target=data["target"], split=data["split"],
+                      scaling=data["scaling"], seed=data["seed"]),
+        model=model, search=params, sampler=sampler, pruner=pruner, resolved=resolved,
+    )
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a spec file.
+
+    Raises:
+        SpecError: the file is missing, not valid TOML, or fails validation.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file {str(path)!r} not found; pass the path of a .toml spec such as studies/digits.toml") from None
+    except OSError as e:
+        raise SpecError(f"spec file {str(path)!r} cannot be read: {e.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"spec file {str(path)!r} is not valid TOML: {e}") from None
+    try:
+        return parse_spec_dict(raw, default_name=path.stem)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None

@@ -1,0 +1,100 @@
+"""The one storage factory: study storage URL, Optuna's RDB storage and the artifact store.
+
+The URL comes from ``--storage``, else the environment variable ``TUNER_STORAGE``, else
+``sqlite:///tuner.db`` in the working directory. PostgreSQL URLs
+(``postgresql+psycopg://user@host:5432/db``) let studies span machines.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.artifacts import FileSystemArtifactStore
+
+from tuner.errors import TunerError
+
+DEFAULT_STORAGE = "sqlite:///tuner.db"
+#: Seconds a SQLite writer waits for a lock before failing ("database is locked").
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def resolve_storage_url(url: str | None) -> str:
+    """``url``, else ``$TUNER_STORAGE``, else :data:`DEFAULT_STORAGE`."""
+    return url or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for output and logs."""
+    try:
+        return sqlalchemy.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def _parse(url: str) -> sqlalchemy.URL:
+    try:
+        return sqlalchemy.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise TunerError(
+            f"storage URL {url!r} is not a database URL; use e.g. sqlite:///tuner.db or "
+            "postgresql+psycopg://user@host:5432/db"
+        ) from None
+
+
+def _sqlite_path(parsed: sqlalchemy.URL) -> Path | None:
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+@functools.lru_cache(maxsize=None)
+def get_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for ``url``, one per process (its engine is shared by our tables).
+
+    SQLite files get the WAL journal and a busy timeout so that a few local processes can
+    write to one file; other databases get ``pool_pre_ping``.
+
+    Raises:
+        TunerError: the URL is malformed or the database cannot be opened.
+    """
+    parsed = _parse(url)
+    path = _sqlite_path(parsed)
+    if path is not None:
+        if not path.parent.exists():
+            raise TunerError(f"storage {url!r}: folder {str(path.parent)!r} does not exist; create it or pick another path")
+        # WAL lets readers run beside one writer; the setting is kept in the file.
+        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, sqlite3.Error) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TunerError(f"storage {mask_url(url)!r} cannot be opened: {reason}") from None
+
+
+def artifact_dir(url: str, override: str | None = None) -> Path:
+    """Folder of the artifact store (model weights): ``override``, else
+    ``$TUNER_ARTIFACT_DIR``, else ``<db file>-artifacts`` beside a SQLite file, else
+    ``./tuner-artifacts``."""
+    chosen = override or os.environ.get("TUNER_ARTIFACT_DIR")
+    if chosen:
+        return Path(chosen)
+    path = _sqlite_path(_parse(url))
+    if path is not None:
+        return path.with_name(path.name + "-artifacts")
+    return Path("tuner-artifacts")
+
+
+def get_artifact_store(url: str, override: str | None = None) -> FileSystemArtifactStore:
+    """Optuna's filesystem artifact store in :func:`artifact_dir` (created if missing)."""
+    folder = artifact_dir(url, override)
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(folder)

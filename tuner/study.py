@@ -1,0 +1,132 @@
+"""Studies: sampler and pruner factories, create or resume, run trials, summarize."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner import holdout
+from tuner.data import TrainingData
+from tuner.errors import StudyRefused
+from tuner.objective import Objective
+from tuner.spec import StudySpec
+
+SPEC_ATTR = "spec"
+FINGERPRINT_ATTR = "data_fingerprint"
+#: Trial states that count towards a study's ``n_trials``.
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with ``seed``."""
+    if spec.sampler["name"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.sampler["n_startup_trials"])
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner; intermediate values are validation scores per epoch."""
+    if spec.pruner["name"] == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner["n_startup_trials"],
+                                       n_warmup_steps=spec.pruner["n_warmup_steps"])
+
+
+def create_or_resume(spec: StudySpec, storage: optuna.storages.RDBStorage, data: TrainingData,
+                     *, name: str, seed: int) -> optuna.Study:
+    """Create the study ``name`` (recording the resolved spec and the data fingerprint), or
+    load it if it exists.
+
+    Raises:
+        StudyRefused: the study is sealed, or exists with a different data fingerprint.
+    """
+    holdout.ensure_not_sealed(storage, name)
+    study = optuna.create_study(storage=storage, study_name=name, direction=spec.direction,
+                                sampler=make_sampler(spec, seed), pruner=make_pruner(spec),
+                                load_if_exists=True)
+    recorded = study.user_attrs.get(FINGERPRINT_ATTR)
+    if recorded is None:
+        study.set_user_attr(SPEC_ATTR, spec.resolved)
+        study.set_user_attr(FINGERPRINT_ATTR, data.fingerprint)
+    elif recorded != data.fingerprint:
+        raise StudyRefused(
+            f"study {name!r} was created with data fingerprint {recorded}, but the data and split "
+            f"now give {data.fingerprint}; resume with the original data or start a new study with --name"
+        )
+    return study
+
+
+def count_trials(study: optuna.Study) -> dict[str, int]:
+    """Number of trials in each state, e.g. ``{"COMPLETE": 38, "PRUNED": 2, ...}``."""
+    counts = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] += 1
+    return counts
+
+
+def run(study: optuna.Study, spec: StudySpec, data: TrainingData, artifact_store, *,
+        n_trials: int, seed: int, timeout: float | None = None,
+        on_trial: Callable[[FrozenTrial], None] | None = None) -> int:
+    """Run trials until the study holds ``n_trials`` complete or pruned trials (a study-wide
+    total, whichever process ran them) or ``timeout`` seconds pass.
+
+    Returns:
+        The number of trials this call ran.
+    """
+    remaining = n_trials - sum(count_trials(study)[s.name] for s in COUNTED_STATES)
+    if remaining <= 0:
+        return 0
+    callbacks = [MaxTrialsCallback(n_trials, states=COUNTED_STATES)]
+    if on_trial is not None:
+        callbacks.append(lambda _study, trial: on_trial(trial))
+    before = len(study.get_trials(deepcopy=False))
+    study.optimize(Objective(spec, data, artifact_store, seed=seed), n_trials=remaining,
+                   timeout=timeout, callbacks=callbacks)
+    return len(study.get_trials(deepcopy=False)) - before
+
+
+def trial_seconds(trial: FrozenTrial) -> float | None:
+    """Wall time of a finished trial in seconds."""
+    if trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
+
+
+def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
+    """The object ``tuner study show --json`` prints: ``name``, ``direction``, ``metric``,
+    ``n_trials`` (count by state), ``best`` (``number``, ``value``, ``params``) or None,
+    ``final`` (the locked test record) or None, ``sealed``, ``data_fingerprint`` and ``spec``."""
+    spec_dict = study.user_attrs.get(SPEC_ATTR)
+    try:
+        b = study.best_trial
+        best = {"number": b.number, "value": b.value, "params": b.params}
+    except ValueError:
+        best = None
+    record = holdout.get_record(storage, study.study_name)
+    return {
+        "name": study.study_name,
+        "direction": study.direction.name.lower(),
+        "metric": spec_dict["study"]["metric"] if spec_dict else None,
+        "n_trials": count_trials(study),
+        "best": best,
+        "final": record if record and record["completed"] else None,
+        "sealed": record is not None,
+        "data_fingerprint": study.user_attrs.get(FINGERPRINT_ATTR),
+        "spec": spec_dict,
+    }
+
+
+def load(storage: optuna.storages.RDBStorage, name: str) -> optuna.Study:
+    """Load an existing study.
+
+    Raises:
+        StudyRefused: no study of that name exists (the known names are listed).
+    """
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise StudyRefused(f"no study named {name!r} in this storage; known studies: {known}")
+    return optuna.load_study(study_name=name, storage=storage)
