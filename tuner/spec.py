@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.data.sources import FILE_SCHEMES
 from tuner.errors import SpecError
 from tuner.nn.initializers import weight_std
 from tuner.nn.layers import ACTIVATIONS
@@ -209,11 +210,13 @@ def _merge(defaults: dict, given: dict, where: str) -> dict:
     return {**copy.deepcopy(defaults), **copy.deepcopy(given)}
 
 
-def parse_spec_dict(raw: dict, *, default_name: str = "study") -> StudySpec:
+def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: str = "study") -> StudySpec:
     """Validate a spec given as a dict (as TOML parses it) and fill in the defaults.
 
     Args:
         raw: the spec's tables.
+        base_dir: folder against which a relative file path in ``data.source`` is resolved;
+            the resolved spec holds the absolute path.
         default_name: the study name when ``study.name`` is absent.
 
     Raises:
@@ -247,6 +250,9 @@ def parse_spec_dict(raw: dict, *, default_name: str = "study") -> StudySpec:
         _fail("data.source", "is required, e.g. source = \"sklearn:digits\"")
     if not isinstance(data["source"], str) or ":" not in data["source"]:
         _fail("data.source", f"must be 'SCHEME:ARGUMENT' such as 'sklearn:digits', got {data['source']!r}")
+    scheme, _, argument = data["source"].partition(":")
+    if scheme in FILE_SCHEMES and base_dir is not None:
+        data["source"] = f"{scheme}:{(Path(base_dir) / Path(argument).expanduser()).resolve()}"
     split = data["split"]
     if not isinstance(split, dict):
         _fail("data.split", f"must be a table {{train, validation, test}}, got {split!r}")
@@ -306,6 +312,6 @@ def load_spec(path: str | Path) -> StudySpec:
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"spec file {str(path)!r} is not valid TOML: {e}") from None
     try:
-        return parse_spec_dict(raw, default_name=path.stem)
+        return parse_spec_dict(raw, base_dir=path.resolve().parent, default_name=path.stem)
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None

@@ -44,7 +44,7 @@ class HoldoutData:
 
 def _load_and_split(data_spec) -> tuple[np.ndarray, np.ndarray, list[str], Split, str]:
     X, y, classes = load_source(data_spec.source)
-    split = stratified_split(y, data_spec.split, data_spec.seed)
+    split = stratified_split(y, data_spec.split, data_spec.seed, classes)
     return X, y, classes, split, fingerprint(X, y, split)
 
 

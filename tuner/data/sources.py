@@ -1,44 +1,91 @@
-"""Dataset sources named in a spec's ``data.source``: ``SCHEME:ARGUMENT``."""
+"""Dataset sources named in a spec's ``data.source``: ``SCHEME:ARGUMENT``.
+
+- ``sklearn:digits``: scikit-learn's bundled 1,797 8x8 handwritten digits (10 classes).
+- ``npz:PATH``: a NumPy ``.npz`` file with arrays ``X`` ``(n_samples, n_features)`` and ``y``
+  ``(n_samples,)``, read with ``allow_pickle=False``.
+"""
 
 from __future__ import annotations
+
+import zipfile
+from pathlib import Path
 
 import numpy as np
 
 from tuner.errors import DataError
 
 SKLEARN_DATASETS = ("digits",)
-SCHEMES = ("sklearn",)
+FILE_SCHEMES = ("npz",)
+SCHEMES = ("sklearn", *FILE_SCHEMES)
+
+
+def _encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    classes, y = np.unique(labels, return_inverse=True)
+    return y.astype(np.int64).reshape(-1), [str(c) for c in classes]
+
+
+def _load_sklearn(source: str, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if name not in SKLEARN_DATASETS:
+        raise DataError(
+            f"data.source {source!r}: unknown scikit-learn dataset {name!r}; known: "
+            + ", ".join(f"sklearn:{d}" for d in SKLEARN_DATASETS)
+        )
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    y, classes = _encode_labels(np.asarray(bunch.target))
+    return np.ascontiguousarray(bunch.data, dtype=np.float32), y, classes
+
+
+def _load_npz(source: str, path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.source {source!r}: file {path!r} not found; check the path (relative paths start at the spec's folder)")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            missing = [k for k in ("X", "y") if k not in npz.files]
+            if missing:
+                raise DataError(f"data.source {source!r}: the npz file has no array {' or '.join(missing)}; "
+                                f"it holds {npz.files}; save it with numpy.savez(path, X=..., y=...)")
+            X, labels = npz["X"], npz["y"]
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"data.source {source!r}: not a readable npz file ({e})") from None
+    if X.ndim != 2 or labels.ndim != 1 or X.shape[0] != labels.shape[0]:
+        raise DataError(f"data.source {source!r}: X must be (n_samples, n_features) and y (n_samples,), "
+                        f"got X {X.shape} and y {labels.shape}")
+    try:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise DataError(f"data.source {source!r}: X must be numeric, got dtype {X.dtype}") from None
+    y, classes = _encode_labels(labels)
+    return X, y, classes
 
 
 def load_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Load a dataset source.
 
     Args:
-        source: ``"sklearn:digits"`` (scikit-learn's bundled 1,797 8x8 handwritten digits).
+        source: ``"sklearn:NAME"`` or ``"npz:PATH"`` (see the module docstring).
 
     Returns:
         ``(X, y, classes)``: features ``(n_samples, n_features)`` float32, labels
         ``(n_samples,)`` int64 in ``[0, len(classes))``, and the class names.
 
     Raises:
-        DataError: an unknown scheme or dataset name.
+        DataError: an unknown scheme or dataset, or a file that is missing or malformed.
     """
     scheme, _, argument = source.partition(":")
-    if scheme not in SCHEMES:
+    if scheme == "sklearn":
+        X, y, classes = _load_sklearn(source, argument)
+    elif scheme == "npz":
+        X, y, classes = _load_npz(source, argument)
+    else:
         raise DataError(
             f"data.source {source!r}: unknown scheme {scheme!r}; known: "
             + ", ".join(f"{s}:..." for s in SCHEMES)
         )
-    if argument not in SKLEARN_DATASETS:
-        raise DataError(
-            f"data.source {source!r}: unknown scikit-learn dataset {argument!r}; known: "
-            + ", ".join(f"sklearn:{d}" for d in SKLEARN_DATASETS)
-        )
-    from sklearn import datasets
-
-    bunch = getattr(datasets, f"load_{argument}")()
-    X = np.ascontiguousarray(bunch.data, dtype=np.float32)
-    labels = np.asarray(bunch.target)
-    classes, y = np.unique(labels, return_inverse=True)
-    names = getattr(bunch, "target_names", classes)
-    return X, y.astype(np.int64), [str(names[c]) for c in classes]
+    if len(classes) < 2:
+        raise DataError(f"data.source {source!r}: needs at least 2 classes, found {len(classes)}")
+    if not np.isfinite(X).all():
+        raise DataError(f"data.source {source!r}: features contain NaN or infinity; clean or impute them first")
+    return X, y, classes

@@ -20,7 +20,8 @@ class Split:
     test: np.ndarray
 
 
-def stratified_split(y: np.ndarray, fractions: dict[str, float], seed: int) -> Split:
+def stratified_split(y: np.ndarray, fractions: dict[str, float], seed: int,
+                     class_names: list[str] | None = None) -> Split:
     """Split rows into train, validation and test, keeping class proportions in each.
 
     Each class's rows are shuffled by ``numpy.random.default_rng(seed)`` (classes in sorted
@@ -31,6 +32,7 @@ def stratified_split(y: np.ndarray, fractions: dict[str, float], seed: int) -> S
         y: ``(n_samples,)`` integer labels.
         fractions: ``{"train": f, "validation": f, "test": f}``, each positive, summing to 1.
         seed: seed of the shuffle.
+        class_names: names of the labels ``0..K-1``, for error messages.
 
     Raises:
         DataError: a class has too few rows to give every split at least one.
@@ -43,8 +45,9 @@ def stratified_split(y: np.ndarray, fractions: dict[str, float], seed: int) -> S
         n_val = int(round(rows.size * fractions["validation"]))
         n_test = int(round(rows.size * fractions["test"]))
         if min(n_val, n_test, rows.size - n_val - n_test) < 1:
+            name = class_names[label] if class_names is not None else label.item()
             raise DataError(
-                f"class {label!r} has {rows.size} rows, too few for the split {fractions}; "
+                f"class {name!r} has {rows.size} rows, too few for the split {fractions}; "
                 "every split needs at least one row of each class: add rows or drop the class"
             )
         parts["validation"].append(rows[:n_val])

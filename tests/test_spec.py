@@ -1,0 +1,71 @@
+"""Spec validation: defaults, and bad keys or values named in a one-line error."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuner.errors import SpecError
+from tuner.spec import DEFAULTS, load_spec, parse_spec_dict
+
+from conftest import REPO, run_tuner
+
+
+def test_only_source_is_required_and_defaults_are_filled_in():
+    spec = parse_spec_dict({"data": {"source": "sklearn:digits"}}, default_name="x")
+    assert (spec.name, spec.metric, spec.direction, spec.n_trials, spec.seed) == ("x", "accuracy", "maximize", 40, 0)
+    assert spec.data.split == {"train": 0.6, "validation": 0.2, "test": 0.2}
+    assert spec.data.seed == 0 and spec.data.scaling == "standard"
+    assert spec.resolved["model"] == DEFAULTS["model"]
+    assert {n: p.kind for n, p in spec.search.items()} == {
+        "learning_rate": "float", "weight_decay": "float", "batch_size": "categorical",
+        "width": "int", "initializer": "categorical", "optimizer": "fixed", "momentum": "fixed"}
+    assert parse_spec_dict(spec.resolved) == spec  # the stored resolved spec parses back
+
+
+def test_default_spec_file_parses():
+    spec = load_spec(REPO / "studies" / "digits.toml")
+    assert spec.name == "digits" and spec.search["width"].log and spec.model["epochs"] == 30
+
+
+def test_relative_npz_path_resolves_against_spec_folder(tmp_path):
+    (tmp_path / "s.toml").write_text('[data]\nsource = "npz:data/d.npz"\n')
+    assert load_spec(tmp_path / "s.toml").data.source == f"npz:{tmp_path / 'data' / 'd.npz'}"
+
+
+BAD = [
+    ({"data": {"source": "sklearn:digits"}, "studdy": {}}, "studdy: unknown key; did you mean 'study'?"),
+    ({"data": {"source": "sklearn:digits", "scalling": "none"}}, "data.scalling: unknown key; did you mean 'scaling'?"),
+    ({"data": {}}, "data.source: is required"),
+    ({"data": {"source": "sklearn:digits"}, "search": {"learning_rat": 0.1}}, "search.learning_rat: unknown key; did you mean 'learning_rate'?"),
+    ({"data": {"source": "sklearn:digits"}, "search": {"learning_rate": {"low": 0.1, "high": 0.01}}}, "search.learning_rate: low must be < high"),
+    ({"data": {"source": "sklearn:digits"}, "search": {"learning_rate": {"low": -0.1, "high": 1.0}}}, "search.learning_rate.low: must be a number > 0, got -0.1"),
+    ({"data": {"source": "sklearn:digits"}, "search": {"width": {"low": 0, "high": 8, "log": True}}}, "search.width.low: must be an integer >= 1, got 0"),
+    ({"data": {"source": "sklearn:digits"}, "search": {"batch_size": {"choices": []}}}, "search.batch_size.choices: must be a non-empty list"),
+    ({"data": {"source": "sklearn:digits"}, "search": {"initializer": {"choices": ["he", "zeros"]}}}, "search.initializer.choices: each choice must be"),
+    ({"data": {"source": "sklearn:digits", "split": {"train": 0.5, "validation": 0.2, "test": 0.2}}}, "data.split: fractions must sum to 1"),
+    ({"data": {"source": "sklearn:digits"}, "model": {"epochs": 0}}, "model.epochs: must be an integer >= 1, got 0"),
+    ({"data": {"source": "sklearn:digits"}, "sampler": {"name": "bayes"}}, "sampler.name: must be one of"),
+    ({"data": {"source": "sklearn:digits"}, "study": {"n_trials": "10"}}, "study.n_trials: must be an integer >= 1, got '10'"),
+]
+
+
+@pytest.mark.parametrize("raw,message", BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_bad_spec_names_the_key(raw, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec_dict(raw)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_spec_through_cli_exits_2_naming_file_and_key(tmp_path):
+    (tmp_path / "bad.toml").write_text('[data]\nsource = "sklearn:digits"\n[model]\nepochs = -3\n')
+    result = run_tuner("study", "start", "bad.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "tuner: error: bad.toml: model.epochs: must be an integer >= 1, got -3"
+
+
+def test_unknown_source_scheme_lists_known_ones(tmp_path):
+    (tmp_path / "s.toml").write_text('[data]\nsource = "hdf5:x.h5"\n')
+    result = run_tuner("study", "start", "s.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown scheme 'hdf5'; known: sklearn:..., npz:..." in result.stderr
