@@ -34,7 +34,11 @@ def trial_seeds(seed: int, trial_number: int) -> tuple[int, int]:
 
 
 def build_model(spec: StudySpec, hp: dict, n_features: int, n_classes: int, seed: int) -> MLP:
-    """The BN-MLP a trial trains, from the spec's model section and suggested values."""
+    """The BN-MLP a trial trains, from the spec's model section and suggested values.
+
+    Weight decay is the loss's L2 term, except under AdamW, which decouples it (see
+    :func:`build_optimizer`).
+    """
     return MLP(
         n_features,
         [hp["width"]] * spec.model["hidden_layers"],
@@ -42,9 +46,19 @@ def build_model(spec: StudySpec, hp: dict, n_features: int, n_classes: int, seed
         activation=spec.model["activation"],
         initializer=hp["initializer"],
         batchnorm=spec.model["batchnorm"],
-        weight_decay=hp["weight_decay"],
+        weight_decay=0.0 if hp["optimizer"] == "adamw" else hp["weight_decay"],
         seed=seed,
     )
+
+
+def build_optimizer(hp: dict, model: MLP):
+    """The optimizer a trial uses, with the options that belong to it."""
+    name, lr = hp["optimizer"], hp["learning_rate"]
+    if name in ("momentum", "nesterov"):
+        return make_optimizer(name, lr, momentum=hp["momentum"])
+    if name == "adamw":
+        return make_optimizer(name, lr, weight_decay=hp["weight_decay"], decay_keys=model.weight_keys)
+    return make_optimizer(name, lr)
 
 
 def sha256_file(path: Path) -> str:
@@ -71,8 +85,7 @@ class Objective:
         init_seed, shuffle_seed = trial_seeds(self.seed, trial.number)
         d = self.data
         model = build_model(self.spec, hp, d.n_features, len(d.classes), init_seed)
-        options = {"momentum": hp["momentum"]} if hp["optimizer"] == "momentum" else {}
-        optimizer = make_optimizer(hp["optimizer"], hp["learning_rate"], **options)
+        optimizer = build_optimizer(hp, model)
         scores: list[float] = []
 
         def on_epoch(epoch: int, train_loss: float) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from tuner.data.sources import FILE_SCHEMES
 from tuner.errors import SpecError
-from tuner.nn.initializers import weight_std
+from tuner.nn.initializers import INITIALIZERS, resolve
 from tuner.nn.layers import ACTIVATIONS
 from tuner.nn.optimizers import OPTIMIZERS
 
@@ -146,7 +146,7 @@ def _non_negative(v):
 
 def _valid_initializer(v):
     try:
-        return isinstance(v, str) and weight_std(v, 1) > 0
+        return isinstance(v, str) and resolve(v, "relu") is not None
     except ValueError:
         return False
 
@@ -156,7 +156,7 @@ SEARCH_PARAMS: dict[str, tuple[Any, str]] = {
     "weight_decay": (_non_negative, "a number >= 0"),
     "batch_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
     "width": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "initializer": (_valid_initializer, "'he', 'xavier' or 'normal:STD' with STD > 0"),
+    "initializer": (_valid_initializer, ", ".join(repr(i) for i in INITIALIZERS) + " (STD > 0)"),
     "optimizer": (lambda v: v in OPTIMIZERS, " or ".join(map(repr, OPTIMIZERS))),
     "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
 }

@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray, *, overwrite: bool = False
+                          ) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
+
+    loss = mean_i(log sum_k exp(z_ik) - z_i,y_i), with z = logits - max_k logits (the
+    log-sum-exp shift, so no exp overflows).
 
     Args:
         logits: ``(batch, classes)`` float array.
         y: ``(batch,)`` integer class labels in ``[0, classes)``.
+        overwrite: compute the gradient in ``logits``' own memory (the training loop's
+            buffer) instead of a new array.
 
     Returns:
         ``(loss, dlogits)``: the mean loss (a Python float, in nats) and its gradient with
@@ -18,15 +24,17 @@ def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.
         (softmax(logits) - onehot(y)) / batch.
     """
     n = logits.shape[0]
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    sum_exp = exp.sum(axis=1, keepdims=True)
     rows = np.arange(n)
-    loss = float(np.mean(np.log(sum_exp[:, 0]) - shifted[rows, y]))
-    grad = exp / sum_exp
-    grad[rows, y] -= 1.0
-    grad /= n
-    return loss, grad
+    z = logits if overwrite else logits.copy()
+    z -= z.max(axis=1, keepdims=True)
+    picked = z[rows, y]
+    np.exp(z, out=z)
+    sum_exp = z.sum(axis=1)
+    loss = float(np.mean(np.log(sum_exp, dtype=np.float64) - picked))
+    z /= sum_exp[:, None]
+    z[rows, y] -= 1.0
+    z /= n
+    return loss, z
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

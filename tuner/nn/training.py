@@ -52,21 +52,26 @@ def fit(
     y = np.asarray(y, dtype=np.int64)
     n = X.shape[0]
     rng = np.random.default_rng(seed)
+    X_batch = np.empty((batch_size, X.shape[1]), model.dtype)
+    y_batch = np.empty(batch_size, np.int64)
+    n_used = n - 1 if n % batch_size == 1 else n  # a last batch of one sample is dropped
     history = []
-    for epoch in range(1, epochs + 1):
-        order = rng.permutation(n)
-        total, count = 0.0, 0
-        for b, start in enumerate(range(0, n, batch_size)):
-            idx = order[start:start + batch_size]
-            if idx.size < 2:
-                continue
-            loss = model.loss_and_gradients(X[idx], y[idx])
-            if not math.isfinite(loss):
-                raise DivergedError(epoch, b, loss)
-            optimizer.step(model.params, model.grads)
-            total += loss * idx.size
-            count += idx.size
-        history.append(total / count)
-        if on_epoch is not None:
-            on_epoch(epoch, history[-1])
+    # Overflow is expected when training diverges; it is detected and raised as DivergedError.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for epoch in range(1, epochs + 1):
+            order = rng.permutation(n)
+            total = 0.0
+            for b, start in enumerate(range(0, n - 1, batch_size)):
+                idx = order[start:start + batch_size]
+                xb, yb = X_batch[:idx.size], y_batch[:idx.size]
+                np.take(X, idx, axis=0, out=xb)
+                np.take(y, idx, out=yb)
+                loss = model.loss_and_gradients(xb, yb)
+                if not math.isfinite(loss):
+                    raise DivergedError(epoch, b, loss)
+                optimizer.step(model.params, model.grads)
+                total += loss * idx.size
+            history.append(total / n_used)
+            if on_epoch is not None:
+                on_epoch(epoch, history[-1])
     return history
