@@ -39,13 +39,19 @@ BAD = [
     ({"data": {"source": "sklearn:digits"}, "search": {"learning_rat": 0.1}}, "search.learning_rat: unknown key; did you mean 'learning_rate'?"),
     ({"data": {"source": "sklearn:digits"}, "search": {"learning_rate": {"low": 0.1, "high": 0.01}}}, "search.learning_rate: low must be < high"),
     ({"data": {"source": "sklearn:digits"}, "search": {"learning_rate": {"low": -0.1, "high": 1.0}}}, "search.learning_rate.low: must be a number > 0, got -0.1"),
-    ({"data": {"source": "sklearn:digits"}, "search": {"width": {"low": 0, "high": 8, "log": True}}}, "search.width.low: must be an integer >= 1, got 0"),
+    ({"data": {"source": "sklearn:digits"}, "search": {"width": {"low": 0, "high": 8, "log": True}}}, "search.width.low: must be an integer in [1, 16384], got 0"),
     ({"data": {"source": "sklearn:digits"}, "search": {"batch_size": {"choices": []}}}, "search.batch_size.choices: must be a non-empty list"),
     ({"data": {"source": "sklearn:digits"}, "search": {"initializer": {"choices": ["he", "zeros"]}}}, "search.initializer.choices: each choice must be"),
     ({"data": {"source": "sklearn:digits", "split": {"train": 0.5, "validation": 0.2, "test": 0.2}}}, "data.split: fractions must sum to 1"),
-    ({"data": {"source": "sklearn:digits"}, "model": {"epochs": 0}}, "model.epochs: must be an integer >= 1, got 0"),
+    ({"data": {"source": "sklearn:digits"}, "model": {"epochs": 0}}, "model.epochs: must be an integer in [1, 100000], got 0"),
     ({"data": {"source": "sklearn:digits"}, "sampler": {"name": "bayes"}}, "sampler.name: must be one of"),
     ({"data": {"source": "sklearn:digits"}, "study": {"n_trials": "10"}}, "study.n_trials: must be an integer >= 1, got '10'"),
+    ({"data": {"source": "sklearn:digits"}, "study": {"seed": 2**40}}, "study.seed: must be an integer in [0, 4294967295]"),
+    ({"data": {"source": "sklearn:digits"}, "search": {"width": 10**10}}, "search.width: must be an integer in [1, 16384]"),
+    ({"data": {"source": "sklearn:digits", "split": {"train": 0.8, "validation": 0.2}}}, "data.split: needs train, validation and test fractions; 'test' missing"),
+    ({"data": {"source": "sklearn:digits", "target": "label"}}, "data.target: names the label column of a table source"),
+    ({"data": {"source": "sklearn:digits"}, "study": {"name": "   "}}, "study.name: must be a non-blank string"),
+    ({"data": {"source": "sklearn:digits"}, "study": {"name": "x" * 513}}, "study.name: must be a non-blank string of at most 512"),
 ]
 
 
@@ -61,7 +67,14 @@ def test_bad_spec_through_cli_exits_2_naming_file_and_key(tmp_path):
     (tmp_path / "bad.toml").write_text('[data]\nsource = "sklearn:digits"\n[model]\nepochs = -3\n')
     result = run_tuner("study", "start", "bad.toml", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "tuner: error: bad.toml: model.epochs: must be an integer >= 1, got -3"
+    assert result.stderr.strip() == "tuner: error: bad.toml: model.epochs: must be an integer in [1, 100000], got -3"
+
+
+def test_spec_that_is_not_utf8_exits_2(tmp_path):
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00garbage")
+    result = run_tuner("study", "start", "binary.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "tuner: error: spec file 'binary.toml' is not UTF-8 text; pass a .toml spec such as studies/digits.toml"
 
 
 def test_unknown_source_scheme_lists_known_ones(tmp_path):

@@ -7,25 +7,29 @@ fault.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
 import click
 import optuna
+import sqlalchemy
+from optuna.exceptions import StorageInternalError
 
 from tuner import holdout
 from tuner import study as studies
 from tuner.data import load_training_data
 from tuner.errors import TunerError
-from tuner.spec import load_spec
-from tuner.storage import get_artifact_store, get_storage, resolve_storage_url
+from tuner import storage as storage_module
+from tuner.spec import MAX_SEED, check_study_name, load_spec
+from tuner.storage import first_line, get_artifact_store, get_storage, resolve_storage_url
 
 storage_option = click.option(
     "--storage", "storage_url", metavar="URL", default=None,
     help="Database URL; default $TUNER_STORAGE, else sqlite:///tuner.db.")
 artifact_option = click.option(
     "--artifact-dir", metavar="DIR", default=None,
-    help="Folder of saved model weights; default $TUNER_ARTIFACT_DIR, else beside the SQLite file.")
+    help="Folder of saved model weights; default $TUNER_ARTIFACT_DIR, else the study's folder, else beside the SQLite file.")
 
 
 @click.group()
@@ -52,16 +56,31 @@ def _print_trial(trial: optuna.trial.FrozenTrial) -> None:
                f"{_format_params(trial.params)}  {seconds or 0:.2f}s{note}")
 
 
+def _check_name(ctx, param, value):
+    if value is not None:
+        try:
+            check_study_name(value, "--name")
+        except TunerError as e:
+            raise click.BadParameter(str(e).split(": ", 1)[1]) from None
+    return value
+
+
+def _check_finite(ctx, param, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number of seconds, got {value}")
+    return value
+
+
 @study.command()
 @click.argument("spec_path", metavar="SPEC")
 @storage_option
 @artifact_option
-@click.option("--name", default=None, help="Study name; default the spec's study.name.")
+@click.option("--name", default=None, callback=_check_name, help="Study name; default the spec's study.name.")
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
               help="Study-wide total of complete and pruned trials; default the spec's study.n_trials.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, callback=_check_finite,
               help="Stop starting new trials after this many seconds.")
-@click.option("--seed", type=click.IntRange(min=0), default=None,
+@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=None,
               help="Seed of the sampler and of each trial's initialization; default the spec's study.seed.")
 def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed) -> None:
     """Create the study of SPEC (or resume it) and run its trials."""
@@ -71,16 +90,16 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed) -
     name = name or spec.name
     seed = spec.seed if seed is None else seed
     n_trials = n_trials or spec.n_trials
+    folder = storage_module.artifact_dir(url, artifact_dir, studies.recorded_attr(storage, name, studies.ARTIFACT_DIR_ATTR))
+    artifact_store = get_artifact_store(folder, create=True)
     data = load_training_data(spec.data)
-    study = studies.create_or_resume(spec, storage, data, name=name, seed=seed)
+    study = studies.create_or_resume(spec, storage, data, name=name, seed=seed, artifact_dir=folder)
     click.echo(f"study {name!r}: {len(data.y_train)} training and {len(data.y_validation)} "
                f"validation rows, {n_trials} trials in total")
     t0 = time.perf_counter()
-    studies.run(study, spec, data, get_artifact_store(url, artifact_dir), n_trials=n_trials,
-                seed=seed, timeout=timeout, on_trial=_print_trial)
-    counts = studies.count_trials(study)
-    click.echo(f"done in {time.perf_counter() - t0:.1f}s: " +
-               ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
+    studies.run(study, spec, data, artifact_store, n_trials=n_trials, seed=seed, timeout=timeout,
+                on_trial=_print_trial)
+    click.echo(f"done in {time.perf_counter() - t0:.1f}s: {_format_counts(studies.count_trials(study))}")
     try:
         best = study.best_trial
     except ValueError:
@@ -88,6 +107,10 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed) -
         return
     click.echo(f"best trial {best.number}: validation {spec.metric} {best.value:.4f}  "
                f"{_format_params(best.params)}")
+
+
+def _format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) or "no trials"
 
 
 @study.command()
@@ -102,7 +125,7 @@ def show(name, storage_url, as_json) -> None:
         click.echo(json.dumps(info))
         return
     click.echo(f"study {info['name']} ({info['direction']} {info['metric']})")
-    click.echo("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in info["n_trials"].items() if n))
+    click.echo(f"trials: {_format_counts(info['n_trials'])}")
     if info["best"]:
         b = info["best"]
         click.echo(f"best trial {b['number']}: validation {b['value']:.4f}  {_format_params(b['params'])}")
@@ -118,7 +141,9 @@ def finalize(name, storage_url, artifact_dir) -> None:
     """Evaluate the best trial on the test split: once, recorded, and the study sealed."""
     url = resolve_storage_url(storage_url)
     storage = get_storage(url)
-    record = holdout.finalize(studies.load(storage, name), storage, get_artifact_store(url, artifact_dir))
+    study = studies.load(storage, name)
+    folder = storage_module.artifact_dir(url, artifact_dir, study.user_attrs.get(studies.ARTIFACT_DIR_ATTR))
+    record = holdout.finalize(study, storage, get_artifact_store(folder, create=False))
     click.echo(f"study {name!r} finalized and sealed: {holdout.describe(record)}; "
                f"validation was {record['validation_value']:.4f}")
 
@@ -129,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="tuner", standalone_mode=False)
     except TunerError as e:
         click.echo(f"tuner: error: {e}", err=True)
+        sys.exit(2)
+    except (sqlalchemy.exc.DBAPIError, StorageInternalError) as e:
+        # The database refused: not a database, read-only, unreachable, a value too long.
+        click.echo(f"tuner: error: storage: {first_line(e)}; check the --storage URL and that the "
+                   "database is reachable and writable", err=True)
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

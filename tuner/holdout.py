@@ -21,6 +21,7 @@ import numpy as np
 import optuna
 import sqlalchemy as sa
 from optuna.artifacts import download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 import tuner
 from tuner.data import load_holdout_data
@@ -154,7 +155,9 @@ def finalize(study: optuna.Study, storage: optuna.storages.RDBStorage, artifact_
     try:
         best = study.best_trial
     except ValueError:
-        raise StudyRefused(f"study {name!r} has no completed trial; run `tuner study start` first") from None
+        raise StudyRefused(
+            f"study {name!r} has no completed trial; run trials with `tuner study start SPEC --name {name} "
+            "--n-trials N` (N above the trials it already has)") from None
     artifact_id = best.user_attrs.get(WEIGHTS_ARTIFACT_ATTR)
     expected_sha = best.user_attrs.get(WEIGHTS_SHA256_ATTR)
     if not artifact_id or not expected_sha:
@@ -164,7 +167,7 @@ def finalize(study: optuna.Study, storage: optuna.storages.RDBStorage, artifact_
         path = Path(tmp) / "weights.npz"
         try:
             download_artifact(artifact_store=artifact_store, artifact_id=artifact_id, file_path=str(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, ArtifactNotFound):
             raise StudyRefused(
                 f"study {name!r}: weights of trial {best.number} (artifact {artifact_id}) are not in "
                 "the artifact store; pass the store's folder with --artifact-dir or TUNER_ARTIFACT_DIR"
@@ -173,7 +176,8 @@ def finalize(study: optuna.Study, storage: optuna.storages.RDBStorage, artifact_
         if actual_sha != expected_sha:
             raise StudyRefused(
                 f"study {name!r}: weights of trial {best.number} changed since they were scored "
-                f"(SHA-256 {actual_sha[:12]}..., recorded {expected_sha[:12]}...); refusing to evaluate"
+                f"(SHA-256 {actual_sha[:12]}..., recorded {expected_sha[:12]}...); restore the original "
+                "artifact file or start a new study: changed weights are never evaluated"
             )
         model = MLP.load(path)
 
@@ -196,7 +200,8 @@ def finalize(study: optuna.Study, storage: optuna.storages.RDBStorage, artifact_
             conn.execute(holdout_table.delete().where(holdout_table.c.study_name == name))
         raise StudyRefused(
             f"study {name!r}: data changed since the study was created (fingerprint "
-            f"{holdout.fingerprint[:12]}..., recorded {recorded_fp[:12]}...); refusing to evaluate"
+            f"{holdout.fingerprint[:12]}..., recorded {recorded_fp[:12]}...); restore the original data: "
+            "the test split is only evaluated on the data the study was tuned on"
         )
     logits = model.forward(holdout.X_test, train=False)
     completed_at = datetime.now(timezone.utc)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.data.sources import FILE_SCHEMES
+from tuner.data.sources import FILE_SCHEMES, TABLE_SCHEMES
 from tuner.errors import SpecError
 from tuner.nn.initializers import INITIALIZERS, resolve
 from tuner.nn.layers import ACTIVATIONS
@@ -114,11 +114,32 @@ def _is_number(v) -> bool:
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
-def _int(table: dict, key: str, where: str, minimum: int) -> int:
+#: Upper bounds that keep a typo (an extra zero or ten) from exhausting memory or time.
+MAX_SEED = 2**32 - 1
+MAX_WIDTH = 16_384
+MAX_BATCH_SIZE = 65_536
+MAX_HIDDEN_LAYERS = 64
+MAX_EPOCHS = 100_000
+MAX_NAME_LENGTH = 512  # Optuna's study-name column
+
+
+def _int(table: dict, key: str, where: str, minimum: int, maximum: int | None = None) -> int:
     v = table[key]
-    if not _is_int(v) or v < minimum:
-        _fail(f"{where}.{key}", f"must be an integer >= {minimum}, got {v!r}")
+    if not _is_int(v) or v < minimum or (maximum is not None and v > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        _fail(f"{where}.{key}", f"must be an integer {allowed}, got {v!r}")
     return v
+
+
+def check_study_name(name, key: str = "study.name") -> str:
+    """A study name: a non-blank string of at most :data:`MAX_NAME_LENGTH` characters.
+
+    Raises:
+        SpecError: naming ``key``.
+    """
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+        _fail(key, f"must be a non-blank string of at most {MAX_NAME_LENGTH} characters, got {name!r:.60}")
+    return name
 
 
 def _choice(table: dict, key: str, where: str, allowed) -> str:
@@ -154,8 +175,8 @@ def _valid_initializer(v):
 SEARCH_PARAMS: dict[str, tuple[Any, str]] = {
     "learning_rate": (_positive, "a number > 0"),
     "weight_decay": (_non_negative, "a number >= 0"),
-    "batch_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
-    "width": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _is_int(v) and 2 <= v <= MAX_BATCH_SIZE, f"an integer in [2, {MAX_BATCH_SIZE}]"),
+    "width": (lambda v: _is_int(v) and 1 <= v <= MAX_WIDTH, f"an integer in [1, {MAX_WIDTH}]"),
     "initializer": (_valid_initializer, ", ".join(repr(i) for i in INITIALIZERS) + " (STD > 0)"),
     "optimizer": (lambda v: v in OPTIMIZERS, " or ".join(map(repr, OPTIMIZERS))),
     "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -240,11 +261,10 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
 
     if study["name"] is None:
         study["name"] = default_name
-    if not isinstance(study["name"], str) or not study["name"].strip():
-        _fail("study.name", f"must be a non-empty string, got {study['name']!r}")
+    check_study_name(study["name"])
     _choice(study, "metric", "study", METRICS)
     _int(study, "n_trials", "study", 1)
-    _int(study, "seed", "study", 0)
+    _int(study, "seed", "study", 0, MAX_SEED)
 
     if data["source"] is None:
         _fail("data.source", "is required, e.g. source = \"sklearn:digits\"")
@@ -256,7 +276,10 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     split = data["split"]
     if not isinstance(split, dict):
         _fail("data.split", f"must be a table {{train, validation, test}}, got {split!r}")
-    split = _merge(DEFAULTS["data"]["split"], split, "data.split")
+    _check_keys(split, DEFAULTS["data"]["split"], "data.split")
+    missing = [k for k in DEFAULTS["data"]["split"] if k not in split]
+    if missing:
+        _fail("data.split", f"needs train, validation and test fractions; {', '.join(map(repr, missing))} missing")
     for part, fraction in split.items():
         if not _is_number(fraction) or not 0 < fraction < 1:
             _fail(f"data.split.{part}", f"must be a fraction in (0, 1), got {fraction!r}")
@@ -266,14 +289,18 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     _choice(data, "scaling", "data", SCALINGS)
     if data["seed"] is None:
         data["seed"] = study["seed"]
-    _int(data, "seed", "data", 0)
-    if data["target"] is not None and not isinstance(data["target"], str):
-        _fail("data.target", f"must be a column name, got {data['target']!r}")
+    _int(data, "seed", "data", 0, MAX_SEED)
+    if data["target"] is not None:
+        if scheme not in TABLE_SCHEMES:
+            _fail("data.target", f"names the label column of a table source ({', '.join(TABLE_SCHEMES) or 'none yet'}); "
+                  f"{scheme}: sources carry their labels, so remove it")
+        if not isinstance(data["target"], str):
+            _fail("data.target", f"must be a column name, got {data['target']!r}")
 
-    _int(model, "hidden_layers", "model", 1)
+    _int(model, "hidden_layers", "model", 1, MAX_HIDDEN_LAYERS)
     _choice(model, "activation", "model", ACTIVATIONS)
     _bool(model, "batchnorm", "model")
-    _int(model, "epochs", "model", 1)
+    _int(model, "epochs", "model", 1, MAX_EPOCHS)
 
     params = {name: _parse_param(name, value) for name, value in search.items()}
 
@@ -305,6 +332,8 @@ def load_spec(path: str | Path) -> StudySpec:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"spec file {str(path)!r} not found; pass the path of a .toml spec such as studies/digits.toml") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"spec file {str(path)!r} is not UTF-8 text; pass a .toml spec such as studies/digits.toml") from None
     except OSError as e:
         raise SpecError(f"spec file {str(path)!r} cannot be read: {e.strerror}") from None
     try:

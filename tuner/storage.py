@@ -64,37 +64,60 @@ def get_storage(url: str) -> optuna.storages.RDBStorage:
     """
     parsed = _parse(url)
     path = _sqlite_path(parsed)
-    if path is not None:
-        if not path.parent.exists():
-            raise TunerError(f"storage {url!r}: folder {str(path.parent)!r} does not exist; create it or pick another path")
-        # WAL lets readers run beside one writer; the setting is kept in the file.
-        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
+    if path is not None and not path.parent.is_dir():
+        raise TunerError(f"storage {url!r}: folder {str(path.parent)!r} does not exist; create it or pick another path")
     try:
+        if path is not None:
+            # WAL lets readers run beside one writer; the setting is kept in the file.
+            with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+            engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        else:
+            engine_kwargs = {"pool_pre_ping": True}
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, sqlite3.Error) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TunerError(f"storage {mask_url(url)!r} cannot be opened: {reason}") from None
+    except ImportError:
+        raise TunerError(
+            f"storage {mask_url(url)!r}: the database driver is not installed; for PostgreSQL run "
+            "pip install -e '.[postgres]' (psycopg)"
+        ) from None
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as e:
+        raise TunerError(f"storage {mask_url(url)!r} cannot be opened: {first_line(e)}") from None
 
 
-def artifact_dir(url: str, override: str | None = None) -> Path:
-    """Folder of the artifact store (model weights): ``override``, else
-    ``$TUNER_ARTIFACT_DIR``, else ``<db file>-artifacts`` beside a SQLite file, else
-    ``./tuner-artifacts``."""
-    chosen = override or os.environ.get("TUNER_ARTIFACT_DIR")
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (database errors run to many lines)."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def artifact_dir(url: str, override: str | None = None, recorded: str | None = None) -> Path:
+    """Folder of the artifact store (model weights): ``override`` (``--artifact-dir``), else
+    ``$TUNER_ARTIFACT_DIR``, else ``recorded`` (the folder the study was created with), else
+    ``<db file>-artifacts`` beside a SQLite file, else ``./tuner-artifacts``. Absolute."""
+    chosen = override or os.environ.get("TUNER_ARTIFACT_DIR") or recorded
     if chosen:
-        return Path(chosen)
+        return Path(chosen).expanduser().resolve()
     path = _sqlite_path(_parse(url))
     if path is not None:
-        return path.with_name(path.name + "-artifacts")
-    return Path("tuner-artifacts")
+        return path.with_name(path.name + "-artifacts").resolve()
+    return Path("tuner-artifacts").resolve()
 
 
-def get_artifact_store(url: str, override: str | None = None) -> FileSystemArtifactStore:
-    """Optuna's filesystem artifact store in :func:`artifact_dir` (created if missing)."""
-    folder = artifact_dir(url, override)
-    folder.mkdir(parents=True, exist_ok=True)
+def get_artifact_store(folder: Path, *, create: bool) -> FileSystemArtifactStore:
+    """Optuna's filesystem artifact store in ``folder``.
+
+    Raises:
+        TunerError: ``folder`` is a file, cannot be created, or (``create=False``) is missing.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise TunerError(f"artifact folder {str(folder)!r} is a file; pass a folder with --artifact-dir")
+    if not folder.exists():
+        if not create:
+            raise TunerError(f"artifact folder {str(folder)!r} does not exist; pass the folder that holds "
+                             "the study's weights with --artifact-dir or TUNER_ARTIFACT_DIR")
+        try:
+            folder.mkdir(parents=True)
+        except OSError as e:
+            raise TunerError(f"artifact folder {str(folder)!r} cannot be created: {e.strerror}; "
+                             "pass another folder with --artifact-dir") from None
     return FileSystemArtifactStore(folder)

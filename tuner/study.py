@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
@@ -16,6 +18,7 @@ from tuner.spec import StudySpec
 
 SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "data_fingerprint"
+ARTIFACT_DIR_ATTR = "artifact_dir"
 #: Trial states that count towards a study's ``n_trials``.
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -35,27 +38,70 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
                                        n_warmup_steps=spec.pruner["n_warmup_steps"])
 
 
+#: Spec keys that may change when a study is resumed; any other change is refused.
+RESUMABLE_KEYS = {"study.name", "study.n_trials"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        flat.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return flat
+
+
+def spec_changes(recorded: dict, current: dict) -> list[str]:
+    """Keys whose values differ between two resolved specs, except :data:`RESUMABLE_KEYS`."""
+    a, b = _flatten(recorded), _flatten(current)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS)
+
+
+def sampler_seed(seed: int, n_existing: int, worker: int = 0) -> int:
+    """The sampler's seed for a run that starts with ``n_existing`` trials in the study.
+
+    Mixing in the trial count keeps a resumed run from replaying the first run's suggestions.
+    """
+    return int(np.random.SeedSequence([seed, n_existing, worker]).generate_state(1)[0])
+
+
+def recorded_attr(storage: optuna.storages.RDBStorage, name: str, key: str):
+    """A user attribute of the study ``name``, or None if there is no such study or attribute."""
+    try:
+        return storage.get_study_user_attrs(storage.get_study_id_from_name(name)).get(key)
+    except KeyError:
+        return None
+
+
 def create_or_resume(spec: StudySpec, storage: optuna.storages.RDBStorage, data: TrainingData,
-                     *, name: str, seed: int) -> optuna.Study:
-    """Create the study ``name`` (recording the resolved spec and the data fingerprint), or
-    load it if it exists.
+                     *, name: str, seed: int, artifact_dir: Path) -> optuna.Study:
+    """Create the study ``name`` (recording the resolved spec, the data fingerprint and the
+    artifact folder), or load it if it exists.
 
     Raises:
-        StudyRefused: the study is sealed, or exists with a different data fingerprint.
+        StudyRefused: the study is sealed, or exists with a different data fingerprint or a
+            spec that differs in anything but the study's name and ``n_trials``.
     """
     holdout.ensure_not_sealed(storage, name)
     study = optuna.create_study(storage=storage, study_name=name, direction=spec.direction,
-                                sampler=make_sampler(spec, seed), pruner=make_pruner(spec),
-                                load_if_exists=True)
+                                pruner=make_pruner(spec), load_if_exists=True)
     recorded = study.user_attrs.get(FINGERPRINT_ATTR)
     if recorded is None:
         study.set_user_attr(SPEC_ATTR, spec.resolved)
         study.set_user_attr(FINGERPRINT_ATTR, data.fingerprint)
+        study.set_user_attr(ARTIFACT_DIR_ATTR, str(artifact_dir))
     elif recorded != data.fingerprint:
         raise StudyRefused(
             f"study {name!r} was created with data fingerprint {recorded}, but the data and split "
             f"now give {data.fingerprint}; resume with the original data or start a new study with --name"
         )
+    else:
+        changed = spec_changes(study.user_attrs[SPEC_ATTR], spec.resolved)
+        if changed:
+            raise StudyRefused(
+                f"study {name!r} was created with a different spec ({', '.join(changed)} changed); "
+                "resume with the original spec or start a new study with --name"
+            )
+    study.sampler = make_sampler(spec, sampler_seed(seed, len(study.get_trials(deepcopy=False))))
     return study
 
 

@@ -14,6 +14,7 @@ from tuner.data.fingerprint import fingerprint
 from tuner.data.scaling import SCALERS
 from tuner.data.sources import load_source
 from tuner.data.split import Split, stratified_split
+from tuner.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,10 @@ class HoldoutData:
 
 def _load_and_split(data_spec) -> tuple[np.ndarray, np.ndarray, list[str], Split, str]:
     X, y, classes = load_source(data_spec.source)
-    split = stratified_split(y, data_spec.split, data_spec.seed, classes)
+    try:
+        split = stratified_split(y, data_spec.split, data_spec.seed, classes)
+    except DataError as e:
+        raise DataError(f"data.source {data_spec.source!r}: {e}") from None
     return X, y, classes, split, fingerprint(X, y, split)
 
 

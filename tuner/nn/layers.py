@@ -132,17 +132,18 @@ class ReLU:
     """max(0, x) elementwise; the gradient is 1 where x > 0, else 0."""
 
     def __init__(self) -> None:
-        self._y: np.ndarray | None = None
+        self._buffers = _Buffers()
+        self._mask: np.ndarray | None = None
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         if not train:
             return np.maximum(x, 0)
-        self._y = np.maximum(x, 0, out=x)
-        return self._y
+        # A boolean mask and a multiply: several times faster than np.copyto(..., where=).
+        self._mask = np.greater(x, 0, out=self._buffers.get("mask", x.shape, np.bool_))
+        return np.multiply(x, self._mask, out=x)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        np.copyto(dout, 0, where=self._y <= 0)
-        return dout
+        return np.multiply(dout, self._mask, out=dout)
 
 
 class Sigmoid:

@@ -11,11 +11,19 @@ from tuner.nn.model import MLP
 
 
 class DivergedError(ArithmeticError):
-    """The training loss became NaN or infinite (too large a learning rate, usually)."""
+    """Training diverged: the loss, a parameter or a BatchNorm running statistic became NaN or
+    infinite (too large a learning rate, usually)."""
 
-    def __init__(self, epoch: int, batch: int, loss: float) -> None:
-        super().__init__(f"training loss became {loss} at epoch {epoch}, batch {batch}")
-        self.epoch, self.batch, self.loss = epoch, batch, loss
+    def __init__(self, epoch: int, what: str) -> None:
+        super().__init__(f"{what} became non-finite at epoch {epoch}")
+        self.epoch, self.what = epoch, what
+
+
+def _first_non_finite(model: MLP) -> str | None:
+    for name, array in (*model.params.items(), *model.buffers.items()):
+        if not np.isfinite(array).all():
+            return name
+    return None
 
 
 def fit(
@@ -46,7 +54,8 @@ def fit(
         The mean training loss of each epoch.
 
     Raises:
-        DivergedError: a mini-batch loss is not finite.
+        DivergedError: a mini-batch loss is not finite (raised at once), or a parameter or
+            running statistic is not finite at the end of an epoch.
     """
     X = np.ascontiguousarray(X, dtype=model.dtype)
     y = np.asarray(y, dtype=np.int64)
@@ -68,10 +77,15 @@ def fit(
                 np.take(y, idx, out=yb)
                 loss = model.loss_and_gradients(xb, yb)
                 if not math.isfinite(loss):
-                    raise DivergedError(epoch, b, loss)
+                    raise DivergedError(epoch, f"training loss ({loss}) in mini-batch {b}")
                 optimizer.step(model.params, model.grads)
                 total += loss * idx.size
             history.append(total / n_used)
+            # A finite loss can hide an overflowed state (BatchNorm renormalizes huge values):
+            # check every parameter and running statistic once per epoch.
+            bad = _first_non_finite(model)
+            if bad is not None:
+                raise DivergedError(epoch, bad)
             if on_epoch is not None:
                 on_epoch(epoch, history[-1])
     return history
