@@ -20,7 +20,7 @@ def _trial_values(spec_path, db_path):
     storage = get_storage(url)
     folder = db_path.parent / "artifacts"
     study = create_or_resume(spec, storage, data, name=spec.name, seed=spec.seed, artifact_dir=folder)
-    run(study, spec, data, get_artifact_store(folder, create=True), n_trials=spec.n_trials, seed=spec.seed)
+    run(study, spec, data, storage, get_artifact_store(folder, create=True), n_trials=spec.n_trials, seed=spec.seed)
     return [(t.state, t.value, t.params, t.intermediate_values) for t in study.get_trials()]
 
 

@@ -96,10 +96,15 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed) -
     study = studies.create_or_resume(spec, storage, data, name=name, seed=seed, artifact_dir=folder)
     click.echo(f"study {name!r}: {len(data.y_train)} training and {len(data.y_validation)} "
                f"validation rows, {n_trials} trials in total")
+    _run_and_report(study, spec, data, storage, artifact_store, n_trials=n_trials, seed=seed, timeout=timeout)
+
+
+def _run_and_report(study, spec, data, storage, artifact_store, **options) -> None:
     t0 = time.perf_counter()
-    studies.run(study, spec, data, artifact_store, n_trials=n_trials, seed=seed, timeout=timeout,
-                on_trial=_print_trial)
+    studies.run(study, spec, data, storage, artifact_store, on_trial=_print_trial, **options)
     click.echo(f"done in {time.perf_counter() - t0:.1f}s: {_format_counts(studies.count_trials(study))}")
+    if holdout.is_sealed(storage, study.study_name):
+        click.echo("stopped: the study was sealed by finalize")
     try:
         best = study.best_trial
     except ValueError:
@@ -107,6 +112,27 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed) -
         return
     click.echo(f"best trial {best.number}: validation {spec.metric} {best.value:.4f}  "
                f"{_format_params(best.params)}")
+
+
+@study.command()
+@click.argument("name")
+@storage_option
+@artifact_option
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Study-wide total of complete and pruned trials; default the study's spec.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, callback=_check_finite,
+              help="Stop starting new trials after this many seconds.")
+def worker(name, storage_url, artifact_dir, n_trials, timeout) -> None:
+    """Join the existing study NAME (from this or another host) and run its trials."""
+    url = resolve_storage_url(storage_url)
+    storage = get_storage(url)
+    study, spec, data = studies.join(storage, name)
+    folder = storage_module.artifact_dir(url, artifact_dir, study.user_attrs.get(studies.ARTIFACT_DIR_ATTR))
+    artifact_store = get_artifact_store(folder, create=True)
+    click.echo(f"worker joined study {name!r}: {len(data.y_train)} training and "
+               f"{len(data.y_validation)} validation rows")
+    _run_and_report(study, spec, data, storage, artifact_store, n_trials=n_trials or spec.n_trials,
+                    seed=spec.seed, timeout=timeout)
 
 
 def _format_counts(counts: dict[str, int]) -> str:
@@ -130,22 +156,31 @@ def show(name, storage_url, as_json) -> None:
         b = info["best"]
         click.echo(f"best trial {b['number']}: validation {b['value']:.4f}  {_format_params(b['params'])}")
     record = holdout.get_record(storage, name)
-    click.echo(f"sealed: {holdout.describe(record)}" if record else "not finalized")
+    if record is None:
+        click.echo("not finalized")
+    elif record["completed"]:
+        click.echo(f"sealed: {holdout.describe(record)}")
+        click.echo(f"validation best {record['validation_value']:.4f} vs test {record['metrics']['accuracy']:.4f}: "
+                   f"gap {record['gap']:+.4f} (how optimistic the best validation score was)")
+    else:
+        click.echo(f"sealed: {holdout.describe(record)}")
 
 
 @study.command()
 @click.argument("name")
 @storage_option
 @artifact_option
-def finalize(name, storage_url, artifact_dir) -> None:
+@click.option("--recover", is_flag=True,
+              help="Complete a claim whose finalizing process died, with the same weights and split.")
+def finalize(name, storage_url, artifact_dir, recover) -> None:
     """Evaluate the best trial on the test split: once, recorded, and the study sealed."""
     url = resolve_storage_url(storage_url)
     storage = get_storage(url)
     study = studies.load(storage, name)
     folder = storage_module.artifact_dir(url, artifact_dir, study.user_attrs.get(studies.ARTIFACT_DIR_ATTR))
-    record = holdout.finalize(study, storage, get_artifact_store(folder, create=False))
+    record = holdout.finalize(study, storage, get_artifact_store(folder, create=False), recover=recover)
     click.echo(f"study {name!r} finalized and sealed: {holdout.describe(record)}; "
-               f"validation was {record['validation_value']:.4f}")
+               f"gap (validation - test) {record['gap']:+.4f}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,17 @@
 """The locked test evaluation: once per study, recorded in the database, the study sealed.
 
 A row in our own table ``tuner_holdout`` (in the study's database, unique per study name) is
-the lock. :func:`finalize` first inserts the row (the claim); only the process whose insert
-succeeded opens the test split, evaluates the best trial's saved weights on it and completes
-the row. Every other caller gets :class:`StudyRefused` with the claim or the record. A study
-name with a row is sealed: no more trials, no second evaluation.
+the lock. :func:`finalize` first inserts the row, the claim, naming the trial, the SHA-256
+of its weights and the data fingerprint it will use; only the process whose insert
+succeeded opens the test split. It then evaluates and completes the row. Every other caller
+gets :class:`StudyRefused` with the claim or the record. A study name with a row is sealed:
+no more trials, no second evaluation.
+
+Crash safety: a claim left without a result (the finalizing process died) is completed by
+:func:`finalize` with ``recover=True``, which evaluates the claimed weights (SHA-256 verified)
+on the claimed split (fingerprint verified). Recoveries take the claim over with a
+compare-and-swap on ``recovery_count``, so that of several concurrent recoveries, or a
+recovery and a finalizing process that was only slow, exactly one completes the row.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,15 +45,19 @@ holdout_table = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("study_name", sa.String(512), nullable=False, unique=True),
+    # The claim: who, when, and exactly what will be evaluated.
     sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("artifact_id", sa.String(64), nullable=False),
+    sa.Column("weights_sha256", sa.String(64), nullable=False),
+    sa.Column("data_fingerprint", sa.String(64), nullable=False),
+    sa.Column("recovery_count", sa.Integer, nullable=False, default=0),
+    # The result.
     sa.Column("completed_at", sa.DateTime(timezone=True)),
-    sa.Column("trial_number", sa.Integer),
     sa.Column("validation_value", sa.Float),
     sa.Column("test_accuracy", sa.Float),
-    sa.Column("weights_sha256", sa.String(64)),
-    sa.Column("data_fingerprint", sa.String(64)),
     sa.Column("result_json", sa.Text),
 )
 
@@ -53,6 +65,9 @@ holdout_table = sa.Table(
 RECORD_ATTR = "tuner:holdout"
 #: Two-sided 95% normal quantile, for the Wilson interval.
 Z_95 = 1.959963984540054
+#: Fault injection for the crash-safety tests: seconds to sleep between the claim and opening
+#: the test split, so that a test can SIGKILL the process there.
+PAUSE_AFTER_CLAIM_ENV = "TUNER_FAULT_PAUSE_AFTER_CLAIM_S"
 
 
 def _engine(storage: optuna.storages.RDBStorage) -> sa.Engine:
@@ -69,8 +84,9 @@ def _iso(t: datetime | None) -> str | None:
 def get_record(storage: optuna.storages.RDBStorage, study_name: str) -> dict | None:
     """The claim or record of ``study_name``, or None if its test split was never opened.
 
-    A dict with ``claimed_at``, ``host``, ``pid``, ``completed`` (bool) and, once completed,
-    everything :func:`finalize` returns.
+    A dict with ``study``, ``claimed_at``, ``host``, ``pid``, ``trial_number``,
+    ``weights_sha256``, ``data_fingerprint``, ``recovery_count``, ``completed`` (bool) and,
+    once completed, everything :func:`finalize` returns.
     """
     with _engine(storage).connect() as conn:
         row = conn.execute(
@@ -79,7 +95,9 @@ def get_record(storage: optuna.storages.RDBStorage, study_name: str) -> dict | N
     if row is None:
         return None
     record = {"study": study_name, "claimed_at": _iso(row["claimed_at"]), "host": row["host"],
-              "pid": row["pid"], "completed": row["completed_at"] is not None}
+              "pid": row["pid"], "trial_number": row["trial_number"], "artifact_id": row["artifact_id"],
+              "weights_sha256": row["weights_sha256"], "data_fingerprint": row["data_fingerprint"],
+              "recovery_count": row["recovery_count"], "completed": row["completed_at"] is not None}
     if row["result_json"]:
         record.update(json.loads(row["result_json"]))
     return record
@@ -91,19 +109,31 @@ def describe(record: dict) -> str:
         m = record["metrics"]
         return (f"test accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.4f}-"
                 f"{m['accuracy_ci95'][1]:.4f}, n={record['n_test']}) of trial "
-                f"{record['trial_number']}, recorded at {record['completed_at']}")
-    return (f"claimed at {record['claimed_at']} by pid {record['pid']} on {record['host']}, "
-            "no result recorded")
+                f"{record['trial_number']}, validation {record['validation_value']:.4f}, "
+                f"recorded at {record['completed_at']}")
+    return (f"claimed at {record['claimed_at']} by pid {record['pid']} on {record['host']} for trial "
+            f"{record['trial_number']}, no result recorded")
+
+
+def _refusal(record: dict) -> StudyRefused:
+    name = record["study"]
+    if record["completed"]:
+        return StudyRefused(f"study {name!r} is sealed: finalize evaluated its test split "
+                            f"({describe(record)}); start a new study with another --name")
+    return StudyRefused(f"study {name!r} is sealed: its test split was {describe(record)}; if that "
+                        f"process died, complete it with `tuner study finalize {name} --recover`")
 
 
 def ensure_not_sealed(storage: optuna.storages.RDBStorage, study_name: str) -> None:
-    """Raise :class:`StudyRefused` if ``study_name``'s test split was opened."""
+    """Raise :class:`StudyRefused` if ``study_name``'s test split was claimed or evaluated."""
     record = get_record(storage, study_name)
     if record is not None:
-        raise StudyRefused(
-            f"study {study_name!r} is sealed: finalize evaluated its test split "
-            f"({describe(record)}); start a new study with another --name"
-        )
+        raise _refusal(record)
+
+
+def is_sealed(storage: optuna.storages.RDBStorage, study_name: str) -> bool:
+    """Whether ``study_name``'s test split was claimed or evaluated."""
+    return get_record(storage, study_name) is not None
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -137,89 +167,157 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, n_classes: int) ->
     }
 
 
-def finalize(study: optuna.Study, storage: optuna.storages.RDBStorage, artifact_store) -> dict:
-    """Evaluate the best trial's saved model on the test split, once, and record it.
-
-    Returns:
-        The record: ``metrics`` (accuracy, accuracy_ci95, macro_f1, log_loss,
-        confusion_matrix), ``n_test``, ``trial_number``, ``validation_value``,
-        ``weights_sha256``, ``data_fingerprint``, ``versions``, ``claimed_at``,
-        ``completed_at``, ``host``, ``pid``.
-
-    Raises:
-        StudyRefused: the study was already finalized or claimed, has no completed trial,
-            its best trial's weights are missing or changed, or its data changed.
-    """
-    name = study.study_name
-    ensure_not_sealed(storage, name)
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise StudyRefused(
-            f"study {name!r} has no completed trial; run trials with `tuner study start SPEC --name {name} "
-            "--n-trials N` (N above the trials it already has)") from None
-    artifact_id = best.user_attrs.get(WEIGHTS_ARTIFACT_ATTR)
-    expected_sha = best.user_attrs.get(WEIGHTS_SHA256_ATTR)
-    if not artifact_id or not expected_sha:
-        raise StudyRefused(f"study {name!r}: best trial {best.number} has no saved weights; it cannot be evaluated")
-    spec = parse_spec_dict(study.user_attrs["spec"])
+def _load_weights(name: str, trial_number: int, artifact_id: str, expected_sha: str, artifact_store) -> MLP:
+    """The trial's saved model, after checking its SHA-256 against the recorded one."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.npz"
         try:
             download_artifact(artifact_store=artifact_store, artifact_id=artifact_id, file_path=str(path))
         except (FileNotFoundError, ArtifactNotFound):
             raise StudyRefused(
-                f"study {name!r}: weights of trial {best.number} (artifact {artifact_id}) are not in "
+                f"study {name!r}: weights of trial {trial_number} (artifact {artifact_id}) are not in "
                 "the artifact store; pass the store's folder with --artifact-dir or TUNER_ARTIFACT_DIR"
             ) from None
         actual_sha = sha256_file(path)
         if actual_sha != expected_sha:
             raise StudyRefused(
-                f"study {name!r}: weights of trial {best.number} changed since they were scored "
+                f"study {name!r}: weights of trial {trial_number} changed since they were scored "
                 f"(SHA-256 {actual_sha[:12]}..., recorded {expected_sha[:12]}...); restore the original "
                 "artifact file or start a new study: changed weights are never evaluated"
             )
-        model = MLP.load(path)
+        return MLP.load(path)
 
-    claimed_at = datetime.now(timezone.utc)
-    host, pid = socket.gethostname(), os.getpid()
-    engine = _engine(storage)
+
+def _process_alive_here(record: dict) -> bool:
+    if record["host"] != socket.gethostname():
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(engine: sa.Engine, name: str, best: optuna.trial.FrozenTrial, fingerprint: str,
+           storage) -> int:
+    """Insert the claim row; the caller owns the claim with ``recovery_count == 0``."""
     try:
         with engine.begin() as conn:
             conn.execute(holdout_table.insert().values(
-                study_name=name, claimed_at=claimed_at, host=host, pid=pid))
+                study_name=name, claimed_at=datetime.now(timezone.utc), host=socket.gethostname(),
+                pid=os.getpid(), trial_number=best.number, artifact_id=best.user_attrs[WEIGHTS_ARTIFACT_ATTR],
+                weights_sha256=best.user_attrs[WEIGHTS_SHA256_ATTR], data_fingerprint=fingerprint,
+                recovery_count=0))
     except sa.exc.IntegrityError:
         ensure_not_sealed(storage, name)
         raise  # the row vanished between the insert and the read: an unexpected fault
+    return 0
 
-    # Only the process whose claim was inserted reaches this line and opens the test split.
-    holdout = load_holdout_data(spec.data)
+
+def _take_over(engine: sa.Engine, record: dict) -> int:
+    """Compare-and-swap the pending claim to this process; returns the new token."""
+    token = record["recovery_count"] + 1
+    with engine.begin() as conn:
+        taken = conn.execute(holdout_table.update().where(
+            holdout_table.c.study_name == record["study"], holdout_table.c.completed_at.is_(None),
+            holdout_table.c.recovery_count == record["recovery_count"],
+        ).values(recovery_count=token, host=socket.gethostname(), pid=os.getpid())).rowcount
+    if taken != 1:
+        raise StudyRefused(f"study {record['study']!r}: another process recovered the claim first; "
+                           f"see `tuner study show {record['study']}`")
+    return token
+
+
+def finalize(study: optuna.Study, storage: optuna.storages.RDBStorage, artifact_store, *,
+             recover: bool = False) -> dict:
+    """Evaluate the best trial's saved model on the test split, once, and record it.
+
+    Args:
+        recover: complete a claim whose process died, with the claimed weights and split,
+            instead of making a new claim.
+
+    Returns:
+        The record: ``metrics`` (accuracy, accuracy_ci95, macro_f1, log_loss,
+        confusion_matrix), ``n_test``, ``trial_number``, ``validation_value``, ``gap``
+        (validation minus test accuracy), ``weights_sha256``, ``data_fingerprint``,
+        ``versions``, ``claimed_at``, ``completed_at``, ``host``, ``pid``.
+
+    Raises:
+        StudyRefused: already finalized or claimed (without ``recover``); nothing to recover
+            or the claiming process still runs on this host (with ``recover``); no completed
+            trial; weights missing or changed; data changed.
+    """
+    name = study.study_name
+    engine = _engine(storage)
+    record = get_record(storage, name)
     recorded_fp = study.user_attrs.get("data_fingerprint")
-    if holdout.fingerprint != recorded_fp:
-        with engine.begin() as conn:  # nothing was evaluated: release the claim
-            conn.execute(holdout_table.delete().where(holdout_table.c.study_name == name))
+    if recover:
+        if record is None:
+            raise StudyRefused(f"study {name!r} has no claim to recover; run `tuner study finalize {name}`")
+        if record["completed"]:
+            raise _refusal(record)
+        if _process_alive_here(record):
+            raise StudyRefused(f"study {name!r}: the claiming process {record['pid']} is still running on "
+                               "this host; wait for it to finish")
+        trial_number, expected_fp = record["trial_number"], record["data_fingerprint"]
+        model = _load_weights(name, trial_number, record["artifact_id"], record["weights_sha256"], artifact_store)
+        token = _take_over(engine, record)
+    else:
+        if record is not None:
+            raise _refusal(record)
+        try:
+            best = study.best_trial
+        except ValueError:
+            raise StudyRefused(
+                f"study {name!r} has no completed trial; run trials with `tuner study start SPEC --name "
+                f"{name} --n-trials N` (N above the trials it already has)") from None
+        if not best.user_attrs.get(WEIGHTS_ARTIFACT_ATTR) or not best.user_attrs.get(WEIGHTS_SHA256_ATTR):
+            raise StudyRefused(f"study {name!r}: best trial {best.number} has no saved weights; it cannot be evaluated")
+        trial_number, expected_fp = best.number, recorded_fp
+        model = _load_weights(name, best.number, best.user_attrs[WEIGHTS_ARTIFACT_ATTR],
+                              best.user_attrs[WEIGHTS_SHA256_ATTR], artifact_store)
+        token = _claim(engine, name, best, recorded_fp, storage)
+
+    pause = float(os.environ.get(PAUSE_AFTER_CLAIM_ENV, "0") or 0)
+    if pause > 0:
+        time.sleep(pause)
+    # Only the process that holds the claim reaches this line and opens the test split.
+    spec = parse_spec_dict(study.user_attrs["spec"])
+    holdout = load_holdout_data(spec.data)
+    if holdout.fingerprint != expected_fp:
+        if not recover:  # nothing was evaluated: release the claim so the data can be restored
+            with engine.begin() as conn:
+                conn.execute(holdout_table.delete().where(
+                    holdout_table.c.study_name == name, holdout_table.c.recovery_count == token,
+                    holdout_table.c.completed_at.is_(None)))
         raise StudyRefused(
             f"study {name!r}: data changed since the study was created (fingerprint "
-            f"{holdout.fingerprint[:12]}..., recorded {recorded_fp[:12]}...); restore the original data: "
+            f"{holdout.fingerprint[:12]}..., recorded {expected_fp[:12]}...); restore the original data: "
             "the test split is only evaluated on the data the study was tuned on"
         )
+    validation_value = next(t.value for t in study.get_trials(deepcopy=False) if t.number == trial_number)
     logits = model.forward(holdout.X_test, train=False)
+    metrics = classification_metrics(logits, holdout.y_test, len(holdout.classes))
     completed_at = datetime.now(timezone.utc)
     result = {
-        "metrics": classification_metrics(logits, holdout.y_test, len(holdout.classes)),
+        "metrics": metrics,
         "n_test": int(holdout.y_test.size),
-        "trial_number": best.number,
-        "validation_value": best.value,
-        "weights_sha256": actual_sha,
-        "data_fingerprint": holdout.fingerprint,
+        "validation_value": validation_value,
+        "gap": validation_value - metrics["accuracy"],
         "versions": {"tuner": tuner.__version__, "numpy": np.__version__, "optuna": optuna.__version__},
         "completed_at": completed_at.isoformat(),
     }
     with engine.begin() as conn:
-        conn.execute(holdout_table.update().where(holdout_table.c.study_name == name).values(
-            completed_at=completed_at, trial_number=best.number, validation_value=best.value,
-            test_accuracy=result["metrics"]["accuracy"], weights_sha256=actual_sha,
-            data_fingerprint=holdout.fingerprint, result_json=json.dumps(result)))
+        done = conn.execute(holdout_table.update().where(
+            holdout_table.c.study_name == name, holdout_table.c.completed_at.is_(None),
+            holdout_table.c.recovery_count == token,
+        ).values(completed_at=completed_at, validation_value=validation_value,
+                 test_accuracy=metrics["accuracy"], result_json=json.dumps(result))).rowcount
+    if done != 1:
+        raise StudyRefused(f"study {name!r}: the claim was recovered by another process while this one "
+                           f"evaluated; that process records the result (see `tuner study show {name}`)")
     record = get_record(storage, name)
     storage.set_study_system_attr(storage.get_study_id_from_name(name), RECORD_ATTR, json.dumps(record))
     return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,10 +12,10 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import holdout
-from tuner.data import TrainingData
+from tuner.data import TrainingData, load_training_data
 from tuner.errors import StudyRefused
 from tuner.objective import Objective
-from tuner.spec import StudySpec
+from tuner.spec import StudySpec, parse_spec_dict
 
 SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "data_fingerprint"
@@ -105,6 +106,30 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.RDBStorage, data:
     return study
 
 
+def join(storage: optuna.storages.RDBStorage, name: str, *, seed: int | None = None
+         ) -> tuple[optuna.Study, StudySpec, TrainingData]:
+    """Load an existing study as a worker: its recorded spec, its training and validation data
+    (fingerprint checked) and a sampler seeded apart from other workers (process id mixed in).
+
+    Raises:
+        StudyRefused: no such study, the study is sealed, or the data changed.
+    """
+    study = load(storage, name)
+    holdout.ensure_not_sealed(storage, name)
+    spec = parse_spec_dict(study.user_attrs[SPEC_ATTR])
+    data = load_training_data(spec.data)
+    recorded = study.user_attrs.get(FINGERPRINT_ATTR)
+    if data.fingerprint != recorded:
+        raise StudyRefused(
+            f"study {name!r} was created with data fingerprint {recorded}, but its data source "
+            f"{spec.data.source!r} now gives {data.fingerprint}; restore the original data"
+        )
+    seed = spec.seed if seed is None else seed
+    study.sampler = make_sampler(spec, sampler_seed(seed, len(study.get_trials(deepcopy=False)), os.getpid()))
+    study.pruner = make_pruner(spec)
+    return study, spec, data
+
+
 def count_trials(study: optuna.Study) -> dict[str, int]:
     """Number of trials in each state, e.g. ``{"COMPLETE": 38, "PRUNED": 2, ...}``."""
     counts = {s.name: 0 for s in TrialState}
@@ -113,11 +138,12 @@ def count_trials(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def run(study: optuna.Study, spec: StudySpec, data: TrainingData, artifact_store, *,
+def run(study: optuna.Study, spec: StudySpec, data: TrainingData, storage, artifact_store, *,
         n_trials: int, seed: int, timeout: float | None = None,
         on_trial: Callable[[FrozenTrial], None] | None = None) -> int:
     """Run trials until the study holds ``n_trials`` complete or pruned trials (a study-wide
-    total, whichever process ran them) or ``timeout`` seconds pass.
+    total, whichever process ran them), ``timeout`` seconds pass, or the study is sealed by a
+    finalize (checked after every trial).
 
     Returns:
         The number of trials this call ran.
@@ -125,7 +151,12 @@ def run(study: optuna.Study, spec: StudySpec, data: TrainingData, artifact_store
     remaining = n_trials - sum(count_trials(study)[s.name] for s in COUNTED_STATES)
     if remaining <= 0:
         return 0
-    callbacks = [MaxTrialsCallback(n_trials, states=COUNTED_STATES)]
+
+    def stop_if_sealed(study: optuna.Study, _trial: FrozenTrial) -> None:
+        if holdout.is_sealed(storage, study.study_name):
+            study.stop()
+
+    callbacks = [MaxTrialsCallback(n_trials, states=COUNTED_STATES), stop_if_sealed]
     if on_trial is not None:
         callbacks.append(lambda _study, trial: on_trial(trial))
     before = len(study.get_trials(deepcopy=False))
