@@ -32,6 +32,7 @@ from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 import tuner
+from tuner.dashboard import write_study_note
 from tuner.data import load_holdout_data
 from tuner.errors import StudyRefused
 from tuner.nn import MLP
@@ -320,4 +321,5 @@ def finalize(study: optuna.Study, storage: optuna.storages.RDBStorage, artifact_
                            f"evaluated; that process records the result (see `tuner study show {name}`)")
     record = get_record(storage, name)
     storage.set_study_system_attr(storage.get_study_id_from_name(name), RECORD_ATTR, json.dumps(record))
+    write_study_note(study, record)
     return record

@@ -12,6 +12,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import holdout
+from tuner.dashboard import write_study_note
 from tuner.data import TrainingData, load_training_data
 from tuner.errors import StudyRefused
 from tuner.objective import Objective
@@ -90,6 +91,9 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.RDBStorage, data:
         study.set_user_attr(SPEC_ATTR, spec.resolved)
         study.set_user_attr(FINGERPRINT_ATTR, data.fingerprint)
         study.set_user_attr(ARTIFACT_DIR_ATTR, str(artifact_dir))
+        study.set_user_attr("n_train", int(data.y_train.size))
+        study.set_user_attr("n_validation", int(data.y_validation.size))
+        write_study_note(study)
     elif recorded != data.fingerprint:
         raise StudyRefused(
             f"study {name!r} was created with data fingerprint {recorded}, but the data and split "
