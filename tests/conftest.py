@@ -22,6 +22,7 @@ seed = 0
 
 [data]
 source = "{source}"
+{data_extra}
 
 [model]
 hidden_layers = 2
@@ -46,10 +47,12 @@ n_warmup_steps = 2
 
 
 def write_spec(folder: Path, *, name: str = "tiny", n_trials: int = 4, epochs: int = 4,
-               source: str = "sklearn:digits") -> Path:
-    """Write a small, fast study spec and return its path."""
+               source: str = "sklearn:digits", data_extra: str = "") -> Path:
+    """Write a small, fast study spec and return its path; ``data_extra`` holds more lines of
+    its ``[data]`` table, e.g. ``'target = "label"'``."""
     path = folder / f"{name}.toml"
-    path.write_text(TINY_SPEC.format(name=name, n_trials=n_trials, epochs=epochs, source=source))
+    path.write_text(TINY_SPEC.format(name=name, n_trials=n_trials, epochs=epochs, source=source,
+                                     data_extra=data_extra))
     return path
 
 

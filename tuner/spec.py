@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.data.sources import FILE_SCHEMES, TABLE_SCHEMES
+from tuner.data.sources import CATEGORICAL, FILE_SCHEMES, MISSING, TABLE_SCHEMES
 from tuner.errors import SpecError
 from tuner.nn.initializers import INITIALIZERS, resolve
 from tuner.nn.layers import ACTIVATIONS
@@ -25,7 +25,7 @@ from tuner.nn.optimizers import OPTIMIZERS
 METRICS = {"accuracy": "maximize"}
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
-SCALINGS = ("standard", "none")
+SCALINGS = ("standard", "minmax", "none")
 
 #: Every key's default. ``study.name`` defaults to the spec file's stem and ``data.seed`` to
 #: ``study.seed``.
@@ -34,6 +34,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "source": None,
         "target": None,
+        "features": None,
+        "categorical": "onehot",
+        "missing": "refuse",
         "split": {"train": 0.6, "validation": 0.2, "test": 0.2},
         "scaling": "standard",
         "seed": None,
@@ -74,6 +77,9 @@ class DataSpec:
     split: dict[str, float]
     scaling: str
     seed: int
+    features: list[str] | None = None
+    categorical: str = "onehot"
+    missing: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -271,7 +277,7 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     if not isinstance(data["source"], str) or ":" not in data["source"]:
         _fail("data.source", f"must be 'SCHEME:ARGUMENT' such as 'sklearn:digits', got {data['source']!r}")
     scheme, _, argument = data["source"].partition(":")
-    if scheme in FILE_SCHEMES and base_dir is not None:
+    if scheme in FILE_SCHEMES and base_dir is not None and argument:
         data["source"] = f"{scheme}:{(Path(base_dir) / Path(argument).expanduser()).resolve()}"
     split = data["split"]
     if not isinstance(split, dict):
@@ -294,8 +300,25 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
         if scheme not in TABLE_SCHEMES:
             _fail("data.target", f"names the label column of a table source ({', '.join(TABLE_SCHEMES) or 'none yet'}); "
                   f"{scheme}: sources carry their labels, so remove it")
-        if not isinstance(data["target"], str):
+        if not isinstance(data["target"], str) or not data["target"]:
             _fail("data.target", f"must be a column name, got {data['target']!r}")
+    elif scheme in TABLE_SCHEMES:
+        _fail("data.target", f"is required for a {scheme}: source: name the label column, e.g. target = \"label\"")
+    for key in ("features", "categorical"):
+        # The resolved spec (parsed again on resume) holds every key with its default.
+        if data[key] != DEFAULTS["data"][key] and scheme not in TABLE_SCHEMES:
+            _fail(f"data.{key}", f"applies to table sources ({', '.join(TABLE_SCHEMES)}) only; remove it for a {scheme}: source")
+    features = data["features"]
+    if features is not None:
+        if (not isinstance(features, list) or not features
+                or not all(isinstance(f, str) and f for f in features)):
+            _fail("data.features", f"must be a non-empty list of column names, got {features!r}")
+        if len(set(features)) != len(features):
+            _fail("data.features", f"names a column twice: {features!r}")
+        if data["target"] in features:
+            _fail("data.features", f"includes the target column {data['target']!r}; a label cannot be a feature")
+    _choice(data, "categorical", "data", CATEGORICAL)
+    _choice(data, "missing", "data", MISSING)
 
     _int(model, "hidden_layers", "model", 1, MAX_HIDDEN_LAYERS)
     _choice(model, "activation", "model", ACTIVATIONS)
@@ -316,7 +339,8 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
         name=study["name"], metric=study["metric"], direction=METRICS[study["metric"]],
         n_trials=study["n_trials"], seed=study["seed"],
         data=DataSpec(source=data["source"], target=data["target"], split=data["split"],
-                      scaling=data["scaling"], seed=data["seed"]),
+                      scaling=data["scaling"], seed=data["seed"], features=data["features"],
+                      categorical=data["categorical"], missing=data["missing"]),
         model=model, search=params, sampler=sampler, pruner=pruner, resolved=resolved,
     )
 

@@ -1,24 +1,90 @@
 """Dataset sources named in a spec's ``data.source``: ``SCHEME:ARGUMENT``.
 
-- ``sklearn:digits``: scikit-learn's bundled 1,797 8x8 handwritten digits (10 classes).
+- ``sklearn:NAME``: a dataset bundled with scikit-learn (offline): ``digits`` (1,797 8x8
+  handwritten digits, 10 classes), ``breast_cancer`` (569 tumours, 30 features, malignant or
+  benign), ``wine`` (178 wines, 13 features, 3 cultivars), ``iris`` (150 flowers, 4 features,
+  3 species).
 - ``npz:PATH``: a NumPy ``.npz`` file with arrays ``X`` ``(n_samples, n_features)`` and ``y``
   ``(n_samples,)``, read with ``allow_pickle=False``.
+- ``csv:PATH``, ``parquet:PATH``: a table read through pandas; ``data.target`` names the label
+  column, ``data.features`` the feature columns (default: every other column). Labels may be
+  strings or integers; text feature columns are one-hot encoded (``data.categorical``).
+- ``mnist:DIR``: the four IDX files of MNIST or Fashion-MNIST (``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each
+  possibly ``.gz``); ``mnist:`` alone takes the folder from ``$TUNER_MNIST_DIR``. The 10,000
+  ``t10k`` rows are the official test split and are kept as the test split.
+
+Rows keep their order in the source; a source's row ``i`` is row ``i`` everywhere (split
+indices, ``tuner data inspect --split-out``, messages). For ``mnist`` the training file's
+rows come first, then the test file's.
 """
 
 from __future__ import annotations
 
+import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tuner.data.idx import IdxError, idx_shape, read_idx
+from tuner.data.scaling import block_rows
+from tuner.data.tables import read_table, row_count
 from tuner.errors import DataError
 
-SKLEARN_DATASETS = ("digits",)
-FILE_SCHEMES = ("npz",)
+SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "iris")
+#: Sources whose argument is a path, resolved against the spec's folder.
+FILE_SCHEMES = ("npz", "csv", "parquet", "mnist")
 #: Sources whose labels are a column named by ``data.target``.
-TABLE_SCHEMES: tuple[str, ...] = ()
-SCHEMES = ("sklearn", *FILE_SCHEMES)
+TABLE_SCHEMES: tuple[str, ...] = ("csv", "parquet")
+SCHEMES = ("sklearn", "npz", "csv", "parquet", "mnist")
+#: ``data.categorical``: what becomes of text feature columns in a table.
+CATEGORICAL = ("onehot", "refuse")
+#: ``data.missing``: refuse missing feature values, or impute them from the training split.
+MISSING = ("refuse", "mean", "median")
+MNIST_DIR_ENV = "TUNER_MNIST_DIR"
+#: The MNIST/Fashion-MNIST files: (name, kind) as in ``train-images-idx3-ubyte``.
+MNIST_FILES = (("train-images", "idx3-ubyte"), ("train-labels", "idx1-ubyte"),
+               ("t10k-images", "idx3-ubyte"), ("t10k-labels", "idx1-ubyte"))
+_MNIST_NAMES = ", ".join(f"{name}-{kind}" for name, kind in MNIST_FILES)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A loaded source, before any split or fitted preprocessing.
+
+    Attributes:
+        X: ``(n_rows, n_numeric)`` numeric features, float32, or uint8 for IDX pixel files
+            (exact in float32; preprocessing converts them). NaN marks a missing value, and
+            occurs only when ``data.missing`` imputes.
+        y: ``(n_rows,)`` int64 labels in ``[0, len(classes))``.
+        classes: class names, in label order (sorted labels of the source).
+        feature_names: names of the columns of ``X``.
+        categorical: ``(n_rows, n_categorical)`` int32 codes of text columns: the index of
+            the row's value in ``categories[j]``, -1 if missing. No columns for array sources.
+        categorical_names: names of the columns of ``categorical``.
+        categories: for each categorical column its distinct values in all rows, sorted.
+        test_rows: int64 row indices of the source's official test split, or None.
+
+    Unpacks as ``X, y, classes = load_source(...)``.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    feature_names: list[str]
+    categorical: np.ndarray
+    categorical_names: list[str]
+    categories: list[list[str]]
+    test_rows: np.ndarray | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return self.y.shape[0]
+
+    def __iter__(self):
+        return iter((self.X, self.y, self.classes))
 
 
 def _encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -26,7 +92,11 @@ def _encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return y.astype(np.int64).reshape(-1), [str(c) for c in classes]
 
 
-def _load_sklearn(source: str, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _no_categorical(n_rows: int) -> dict:
+    return {"categorical": np.empty((n_rows, 0), dtype=np.int32), "categorical_names": [], "categories": []}
+
+
+def _load_sklearn(source: str, name: str) -> Dataset:
     if name not in SKLEARN_DATASETS:
         raise DataError(
             f"data.source {source!r}: unknown scikit-learn dataset {name!r}; known: "
@@ -35,14 +105,18 @@ def _load_sklearn(source: str, name: str) -> tuple[np.ndarray, np.ndarray, list[
     from sklearn import datasets
 
     bunch = getattr(datasets, f"load_{name}")()
-    y, classes = _encode_labels(np.asarray(bunch.target))
-    return np.asarray(bunch.data), y, classes
+    y, _ = _encode_labels(np.asarray(bunch.target))
+    classes = [str(bunch.target_names[c]) for c in np.unique(bunch.target)]
+    X = np.asarray(bunch.data)
+    return Dataset(X=X, y=y, classes=classes, feature_names=[str(f) for f in bunch.feature_names],
+                   **_no_categorical(len(y)))
 
 
 def _check_file(source: str, path: str) -> Path:
     file = Path(path)
     if not path:
-        raise DataError(f"data.source {source!r}: no file path after the scheme; write e.g. npz:data/train.npz")
+        raise DataError(f"data.source {source!r}: no file path after the scheme; write e.g. "
+                        f"{source.partition(':')[0]}:data/train.{source.partition(':')[0]}")
     if file.is_dir():
         raise DataError(f"data.source {source!r}: that is a folder; name the file itself")
     if not file.is_file():
@@ -52,7 +126,7 @@ def _check_file(source: str, path: str) -> Path:
     return file
 
 
-def _load_npz(source: str, path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _load_npz(source: str, path: str) -> Dataset:
     file = _check_file(source, path)
     not_npz = DataError(f"data.source {source!r}: not an npz archive of plain arrays; "
                         "save it with numpy.savez(path, X=..., y=...)")
@@ -76,41 +150,174 @@ def _load_npz(source: str, path: str) -> tuple[np.ndarray, np.ndarray, list[str]
                         f"got X {X.shape} and y {labels.shape}")
     if X.dtype.kind not in "biuf":
         raise DataError(f"data.source {source!r}: X must hold real numbers, got dtype {X.dtype}")
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        raise DataError(f"data.source {source!r}: y is NaN in {np.isnan(labels).sum()} rows "
+                        f"(first: row {np.flatnonzero(np.isnan(labels))[0]}); every row needs a label")
     y, classes = _encode_labels(labels)
-    return X, y, classes
+    return Dataset(X=X, y=y, classes=classes, feature_names=[f"X[:, {j}]" for j in range(X.shape[1])],
+                   **_no_categorical(len(y)))
 
 
-def load_source(source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Load a dataset source.
+def _load_table(source: str, scheme: str, path: str, *, target: str | None,
+                features: list[str] | None, categorical: str) -> Dataset:
+    if target is None:
+        raise DataError(f"data.source {source!r}: a {scheme} source needs data.target, the name of its label column")
+    file = _check_file(source, path)
+    table = read_table(source, file, scheme, target=target, features=features, categorical=categorical)
+    y, classes = _encode_labels(table.labels)
+    return Dataset(X=table.X, y=y, classes=classes, feature_names=table.feature_names,
+                   categorical=table.categorical, categorical_names=table.categorical_names,
+                   categories=table.categories)
 
-    Args:
-        source: ``"sklearn:NAME"`` or ``"npz:PATH"`` (see the module docstring).
 
-    Returns:
-        ``(X, y, classes)``: finite features ``(n_samples, n_features)`` float32, labels
-        ``(n_samples,)`` int64 in ``[0, len(classes))``, and the class names.
+def mnist_folder(source: str, argument: str) -> Path:
+    """The folder of an ``mnist:DIR`` source: DIR, or ``$TUNER_MNIST_DIR`` when DIR is empty.
 
     Raises:
-        DataError: an unknown scheme or dataset, or a file that is missing or malformed.
+        DataError: no folder is given and the variable is unset, or the folder does not exist;
+            the message says which files to put where.
+    """
+    if not argument:
+        argument = os.environ.get(MNIST_DIR_ENV, "")
+        if not argument:
+            raise DataError(f"data.source {source!r}: no folder given and ${MNIST_DIR_ENV} is not set; put the "
+                            f"MNIST or Fashion-MNIST files {_MNIST_NAMES} (gzipped or not) in a folder, then "
+                            f"write mnist:FOLDER in the spec or set {MNIST_DIR_ENV}=FOLDER")
+    folder = Path(argument).expanduser().resolve()
+    if not folder.is_dir():
+        raise DataError(f"data.source {source!r}: the folder {str(folder)!r} does not exist; put the MNIST or "
+                        f"Fashion-MNIST files {_MNIST_NAMES} (gzipped or not) there, or point the source at "
+                        f"the folder that holds them")
+    return folder
+
+
+def _mnist_file(source: str, folder: Path, name: str, kind: str) -> Path:
+    for candidate in (f"{name}-{kind}", f"{name}.{kind}"):
+        for suffix in ("", ".gz"):
+            if (folder / (candidate + suffix)).is_file():
+                return folder / (candidate + suffix)
+    raise DataError(f"data.source {source!r}: {str(folder)!r} has no {name}-{kind} (or {name}-{kind}.gz); "
+                    f"put the MNIST or Fashion-MNIST files {_MNIST_NAMES} there")
+
+
+def _read_idx(source: str, *paths: Path, ndim: int, header_only: bool = False):
+    try:
+        return idx_shape(*paths, ndim=ndim)[0] if header_only else read_idx(*paths, ndim=ndim)
+    except IdxError as e:
+        raise DataError(f"data.source {source!r}: {e}") from None
+    except OSError as e:
+        raise DataError(f"data.source {source!r}: cannot read {e.filename}: {e.strerror}") from None
+
+
+def _load_mnist(source: str, argument: str) -> Dataset:
+    folder = mnist_folder(source, argument)
+    train_images, train_labels, test_images, test_labels = (
+        _mnist_file(source, folder, name, kind) for name, kind in MNIST_FILES)
+    images = _read_idx(source, train_images, test_images, ndim=3)
+    labels = _read_idx(source, train_labels, test_labels, ndim=1)
+    n_train = _read_idx(source, train_labels, ndim=1, header_only=True)[0]
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"data.source {source!r}: {images.shape[0]} images but {labels.shape[0]} labels; "
+                        "the image and label files do not belong together")
+    X = images.reshape(images.shape[0], -1)
+    y, classes = _encode_labels(labels)
+    test_rows = np.arange(n_train, X.shape[0], dtype=np.int64)
+    _, rows, cols = images.shape
+    return Dataset(X=X, y=y, classes=classes, feature_names=[f"pixel_{r}_{c}" for r in range(rows) for c in range(cols)],
+                   test_rows=test_rows, **_no_categorical(len(y)))
+
+
+def nonfinite_columns(X: np.ndarray) -> np.ndarray:
+    """bool ``(n_features,)``: which columns of ``X`` ``(n_rows, n_features)`` hold NaN or
+    infinity. Checked in blocks of rows, so that no mask the size of ``X`` is ever made."""
+    bad = np.zeros(X.shape[1], dtype=bool)
+    if X.dtype.kind != "f":
+        return bad
+    step = block_rows(X.shape[1])
+    for start in range(0, X.shape[0], step):
+        bad |= ~np.isfinite(X[start:start + step]).all(axis=0)
+    return bad
+
+
+def _check_features(source: str, dataset: Dataset, missing: str) -> np.ndarray:
+    """The features as float32 (uint8 kept), after refusing infinities and, unless imputing, NaN."""
+    X = dataset.X
+    if X.dtype == np.uint8:
+        return X
+    if X.dtype.kind == "f":
+        columns = nonfinite_columns(X)
+        if columns.any():
+            infinite = np.isinf(X[:, columns])
+            names = [n for n, bad in zip(dataset.feature_names, columns) if bad]
+            for j, name in enumerate(names):
+                if infinite[:, j].any():
+                    raise DataError(f"data.source {source!r}: features contain NaN or infinity: column {name!r} "
+                                    f"is infinite (or beyond the float32 range, |x| > 3.4e38) in {row_count(infinite[:, j])}; "
+                                    "replace those values with finite numbers")
+            if missing == "refuse":
+                nan = np.isnan(X[:, columns])
+                raise DataError(f"data.source {source!r}: features contain NaN or infinity: column {names[0]!r} has "
+                                f"missing values in {row_count(nan[:, 0])}; fill them, or set data.missing = "
+                                "\"mean\" or \"median\" to impute them from the training split")
+    with np.errstate(over="ignore"):
+        X32 = np.ascontiguousarray(X, dtype=np.float32)
+    if X32 is not X and np.isinf(X32[:, nonfinite_columns(X32)]).any():
+        raise DataError(f"data.source {source!r}: feature values exceed the float32 range (|x| > 3.4e38); rescale them")
+    return X32
+
+
+def load_source(source: str, *, target: str | None = None, features: list[str] | None = None,
+                categorical: str = "onehot", missing: str = "refuse") -> Dataset:
+    """Load a dataset source (see the module docstring).
+
+    Args:
+        source: ``"SCHEME:ARGUMENT"``, e.g. ``"sklearn:digits"`` or ``"csv:/data/x.csv"``.
+        target: the label column of a table source (``data.target``).
+        features: a table source's feature columns (``data.features``); None: all but the target.
+        categorical: ``"onehot"`` or ``"refuse"`` text feature columns (``data.categorical``).
+        missing: ``"refuse"`` missing feature values, or keep them as NaN (``"mean"``,
+            ``"median"``) for imputation fitted on the training split (``data.missing``).
+
+    Returns:
+        A :class:`Dataset`: finite features ``(n_rows, n_numeric)`` float32 (uint8 for IDX
+        pixels; NaN only where imputation will fill), labels int64 ``(n_rows,)``, class names,
+        categorical codes, and the official test rows if the source has them.
+
+    Raises:
+        DataError: an unknown scheme (the known ones are listed) or dataset; a file or folder
+            that is missing, empty or malformed (wrong IDX magic number, truncated file, npz
+            without ``X`` or ``y``, a table without the target column, text where numbers are
+            needed); no rows or features; fewer than 2 classes; NaN or infinite features;
+            missing feature values under ``missing="refuse"``.
     """
     scheme, _, argument = source.partition(":")
     if scheme == "sklearn":
-        X, y, classes = _load_sklearn(source, argument)
+        dataset = _load_sklearn(source, argument)
     elif scheme == "npz":
-        X, y, classes = _load_npz(source, argument)
+        dataset = _load_npz(source, argument)
+    elif scheme in TABLE_SCHEMES:
+        dataset = _load_table(source, scheme, argument, target=target, features=features, categorical=categorical)
+    elif scheme == "mnist":
+        dataset = _load_mnist(source, argument)
     else:
         raise DataError(
             f"data.source {source!r}: unknown scheme {scheme!r}; known: "
             + ", ".join(f"{s}:..." for s in SCHEMES)
         )
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise DataError(f"data.source {source!r}: needs at least one row and one feature, got X {X.shape}")
-    if len(classes) < 2:
-        raise DataError(f"data.source {source!r}: needs at least 2 classes, found {len(classes)}")
-    if not np.isfinite(X).all():
-        raise DataError(f"data.source {source!r}: features contain NaN or infinity; clean or impute them first")
-    with np.errstate(over="ignore"):
-        X32 = np.ascontiguousarray(X, dtype=np.float32)
-    if not np.isfinite(X32).all():
-        raise DataError(f"data.source {source!r}: feature values exceed the float32 range (|x| > 3.4e38); rescale them")
-    return X32, y, classes
+    n_features = dataset.X.shape[1] + dataset.categorical.shape[1]
+    if dataset.n_rows == 0 or n_features == 0:
+        raise DataError(f"data.source {source!r}: needs at least one row and one feature, "
+                        f"got {dataset.n_rows} rows and {n_features} features")
+    if len(dataset.classes) < 2:
+        raise DataError(f"data.source {source!r}: needs at least 2 classes, found {len(dataset.classes)}"
+                        + (f" ({dataset.classes[0]!r})" if dataset.classes else ""))
+    if missing == "refuse" and (dataset.categorical < 0).any():
+        missing_rows = dataset.categorical < 0
+        j = int(np.flatnonzero(missing_rows.any(axis=0))[0])
+        raise DataError(f"data.source {source!r}: column {dataset.categorical_names[j]!r} has missing values in "
+                        f"{row_count(missing_rows[:, j])}; fill them, or set data.missing = \"mean\" or \"median\" "
+                        "(a missing category is then encoded as all zeros)")
+    X = _check_features(source, dataset, missing)
+    return Dataset(X=X, y=dataset.y, classes=dataset.classes, feature_names=dataset.feature_names,
+                   categorical=dataset.categorical, categorical_names=dataset.categorical_names,
+                   categories=dataset.categories, test_rows=dataset.test_rows)

@@ -1,0 +1,176 @@
+"""Tables (CSV and Parquet, read through pandas): a label column and feature columns.
+
+Numeric and boolean columns become features as they are; text columns are categorical
+(one-hot encoded later, fitted on the training split, or refused); a column that mixes
+numbers and text is refused. Rows are counted from 0 after the header, as in
+``tuner data inspect --split-out``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tuner.errors import DataError
+
+#: How many column names an error message lists before it abbreviates.
+MAX_LISTED_COLUMNS = 20
+#: Rows of a CSV file read first to learn which columns hold numbers.
+SAMPLE_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table's columns, sorted into numeric features, categorical features and labels.
+
+    ``X`` float32 ``(n_rows, n_numeric)`` with NaN for a missing value; ``categorical`` int32
+    ``(n_rows, n_categorical)``: for each row the index of its value in ``categories[j]``
+    (the column's distinct values, sorted), -1 for a missing value; ``labels`` ``(n_rows,)``
+    numbers or strings, none missing.
+    """
+
+    X: np.ndarray
+    feature_names: list[str]
+    categorical: np.ndarray
+    categorical_names: list[str]
+    categories: list[list[str]]
+    labels: np.ndarray
+
+
+def column_list(columns: list[str]) -> str:
+    """Column names for a message, abbreviated after :data:`MAX_LISTED_COLUMNS`."""
+    shown = ", ".join(map(repr, columns[:MAX_LISTED_COLUMNS]))
+    more = len(columns) - MAX_LISTED_COLUMNS
+    return f"{shown}, ... ({len(columns)} in all)" if more > 0 else shown
+
+
+def _read_csv(file: Path, target: str) -> pd.DataFrame:
+    # Numeric columns straight to float32: pandas would hold them as int64 or float64, twice
+    # the memory of the features the network gets. Their types come from the first rows; a
+    # later value that does not parse sends us back to pandas' own typing (and its errors).
+    head = pd.read_csv(file, nrows=SAMPLE_ROWS)
+    float32 = {c: np.float32 for c in head.columns
+               if c != target and pd.api.types.is_numeric_dtype(head[c]) and not pd.api.types.is_bool_dtype(head[c])}
+    try:
+        return pd.read_csv(file, dtype=float32)
+    except (ValueError, TypeError):
+        return pd.read_csv(file)
+
+
+def _read(source: str, file: Path, scheme: str, target: str) -> pd.DataFrame:
+    try:
+        if scheme == "csv":
+            return _read_csv(file, target)
+        return pd.read_parquet(file)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"data.source {source!r}: the file has no header and no rows") from None
+    except pd.errors.ParserError as e:
+        raise DataError(f"data.source {source!r}: not a valid CSV file ({str(e).strip().splitlines()[-1]}); "
+                        "every line needs the header's number of comma-separated fields") from None
+    except UnicodeDecodeError:
+        raise DataError(f"data.source {source!r}: not UTF-8 text; save the CSV file as UTF-8") from None
+    except ImportError:
+        raise DataError(f"data.source {source!r}: reading Parquet needs pyarrow; pip install pyarrow") from None
+    except (ValueError, OSError) as e:  # pyarrow.ArrowInvalid is a ValueError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"data.source {source!r}: not a readable {scheme} file ({first})") from None
+
+
+def row_count(mask: np.ndarray) -> str:
+    """``"3 rows (first: row 4, counting from 0)"`` for a boolean mask ``(n_rows,)`` with a True."""
+    rows = np.flatnonzero(mask)
+    return f"{rows.size} row{'s' if rows.size != 1 else ''} (first: row {rows[0]}, counting from 0)"
+
+
+def _is_number_column(column: pd.Series) -> bool:
+    return pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column)
+
+
+def _is_text_column(column: pd.Series) -> bool:
+    return (pd.api.types.is_string_dtype(column) or pd.api.types.is_object_dtype(column)
+            or isinstance(column.dtype, pd.CategoricalDtype))
+
+
+def read_table(source: str, file: Path, scheme: str, *, target: str, features: list[str] | None,
+               categorical: str) -> Table:
+    """Read a CSV or Parquet table and sort its columns.
+
+    Args:
+        source: the ``data.source`` string, for messages.
+        file: the existing, non-empty file.
+        scheme: ``"csv"`` or ``"parquet"``.
+        target: the label column (``data.target``).
+        features: the feature columns (``data.features``); None means every other column.
+        categorical: ``"onehot"`` keeps text columns as categorical features; ``"refuse"``
+            refuses them.
+
+    Raises:
+        DataError: the file cannot be parsed; the target or a listed feature column is absent
+            (the available columns are listed); a label is missing; a text column under
+            ``categorical = "refuse"``; a column mixing numbers and text; a column of another
+            type (dates, ...).
+    """
+    df = _read(source, file, scheme, target)
+    df.columns = [str(c) for c in df.columns]
+    columns = list(df.columns)
+    if target not in df.columns:
+        raise DataError(f"data.source {source!r}: no column {target!r} (data.target); "
+                        f"the columns are {column_list(columns)}; set data.target to the label column")
+    if features is None:
+        features = [c for c in columns if c != target]
+    else:
+        absent = [c for c in features if c not in df.columns]
+        if absent:
+            raise DataError(f"data.source {source!r}: data.features names {column_list(absent)}, not in the file; "
+                            f"the columns are {column_list(columns)}")
+    if len(df) == 0:
+        raise DataError(f"data.source {source!r}: the file has a header but no rows")
+    labels = df[target]
+    if labels.isna().any():
+        raise DataError(f"data.source {source!r}: the label column {target!r} is empty in "
+                        f"{row_count(labels.isna().to_numpy())}; every row needs a label")
+    labels = labels.to_numpy() if _is_number_column(labels) else labels.astype(str).to_numpy()
+
+    numeric, text = [], []
+    for name in features:
+        column = df[name]
+        if _is_number_column(column):
+            numeric.append(name)
+        elif _is_text_column(column):
+            values = column.astype(str)
+            present = values.notna().to_numpy()
+            is_number = pd.to_numeric(values, errors="coerce").notna().to_numpy()
+            if is_number.any():
+                not_number = present & ~is_number
+                first = values.iloc[int(np.flatnonzero(not_number)[0])]
+                raise DataError(f"data.source {source!r}: column {name!r} needs numbers but holds text such as "
+                                f"{first!r} in {row_count(not_number)}; correct those values")
+            if categorical == "refuse":
+                first = values.iloc[int(np.flatnonzero(present)[0])] if present.any() else None
+                raise DataError(f"data.source {source!r}: column {name!r} is not numeric (e.g. {first!r}); "
+                                "set data.categorical = \"onehot\" to one-hot encode it, or leave it out of data.features")
+            text.append(name)
+        else:
+            raise DataError(f"data.source {source!r}: column {name!r} has type {column.dtype}, neither numbers "
+                            "nor text; convert it to numbers or leave it out of data.features")
+
+    X = np.empty((len(df), len(numeric)), dtype=np.float32)
+    for j, name in enumerate(numeric):  # column by column: no float64 copy of the whole table
+        values = df[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(over="ignore"):
+            X[:, j] = values
+        overflow = np.isinf(X[:, j]) & np.isfinite(values)
+        if overflow.any():
+            raise DataError(f"data.source {source!r}: column {name!r} exceeds the float32 range (|x| > 3.4e38) "
+                            f"in {row_count(overflow)}; rescale it")
+    codes = np.empty((len(df), len(text)), dtype=np.int32)
+    categories = []
+    for j, name in enumerate(text):
+        column_codes, uniques = pd.factorize(df[name].astype(str), sort=True)
+        codes[:, j] = column_codes
+        categories.append([str(u) for u in uniques])
+    return Table(X=X, feature_names=numeric, categorical=codes, categorical_names=text,
+                 categories=categories, labels=labels)
