@@ -10,6 +10,7 @@ import json
 import math
 import sys
 import time
+import warnings
 
 import click
 import optuna
@@ -21,8 +22,10 @@ from tuner import study as studies
 from tuner.data import load_training_data
 from tuner.errors import TunerError
 from tuner import storage as storage_module
+from tuner import workers as run_workers_module
 from tuner.spec import MAX_SEED, check_study_name, load_spec
-from tuner.storage import first_line, get_artifact_store, get_storage, resolve_storage_url
+from tuner.storage import (GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, first_line, get_artifact_store, get_storage,
+                           resolve_storage_url)
 
 storage_option = click.option(
     "--storage", "storage_url", metavar="URL", default=None,
@@ -32,11 +35,25 @@ artifact_option = click.option(
     help="Folder of saved model weights; default $TUNER_ARTIFACT_DIR, else the study's folder, else beside the SQLite file.")
 
 
+
+
+def heartbeat_options(command):
+    """``--heartbeat-interval`` and ``--grace-period`` for commands that run trials."""
+    command = click.option(
+        "--grace-period", type=click.IntRange(min=1), default=GRACE_PERIOD_S, show_default=True,
+        help="Seconds without a heartbeat after which a running trial is failed and retried.")(command)
+    return click.option(
+        "--heartbeat-interval", type=click.IntRange(min=1), default=HEARTBEAT_INTERVAL_S, show_default=True,
+        help="Seconds between a running trial's heartbeats.")(command)
+
+
 @click.group()
 @click.version_option(package_name="tuner")
 def cli() -> None:
     """tuner: hyperparameter tuning of NumPy BN-MLPs with a locked test evaluation."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats, their retry callback and artifacts are experimental in Optuna; we rely on them.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 @cli.group()
@@ -82,11 +99,16 @@ def _check_finite(ctx, param, value):
               help="Stop starting new trials after this many seconds.")
 @click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=None,
               help="Seed of the sampler and of each trial's initialization; default the spec's study.seed.")
-def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=1,
+              help="Worker processes on this host, each with one BLAS thread (SQLite: at most 4).")
+@heartbeat_options
+def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed, workers,
+          heartbeat_interval, grace_period) -> None:
     """Create the study of SPEC (or resume it) and run its trials."""
     spec = load_spec(spec_path)
     url = resolve_storage_url(storage_url)
-    storage = get_storage(url)
+    run_workers_module.check_worker_count(workers, storage_module.is_sqlite(url))
+    storage = get_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     name = name or spec.name
     seed = spec.seed if seed is None else seed
     n_trials = n_trials or spec.n_trials
@@ -96,7 +118,19 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed) -
     study = studies.create_or_resume(spec, storage, data, name=name, seed=seed, artifact_dir=folder)
     click.echo(f"study {name!r}: {len(data.y_train)} training and {len(data.y_validation)} "
                f"validation rows, {n_trials} trials in total")
-    _run_and_report(study, spec, data, storage, artifact_store, n_trials=n_trials, seed=seed, timeout=timeout)
+    if workers == 1:
+        _run_and_report(study, spec, data, storage, artifact_store, n_trials=n_trials, seed=seed, timeout=timeout)
+        return
+    # The URL goes through the environment, not argv, so no password shows in process lists.
+    worker_args = ["--artifact-dir", str(folder), "--n-trials", str(n_trials),
+                   "--seed", str(seed), "--heartbeat-interval", str(heartbeat_interval),
+                   "--grace-period", str(grace_period)] + (["--timeout", str(timeout)] if timeout else [])
+    code = run_workers_module.run_workers(name, workers, worker_args, env={"TUNER_STORAGE": url})
+    counts = studies.count_trials(study)
+    click.echo(f"{workers} workers done: {_format_counts(counts)}")
+    _echo_best(study, spec)
+    if code:
+        sys.exit(code)
 
 
 def _run_and_report(study, spec, data, storage, artifact_store, **options) -> None:
@@ -105,6 +139,10 @@ def _run_and_report(study, spec, data, storage, artifact_store, **options) -> No
     click.echo(f"done in {time.perf_counter() - t0:.1f}s: {_format_counts(studies.count_trials(study))}")
     if holdout.is_sealed(storage, study.study_name):
         click.echo("stopped: the study was sealed by finalize")
+    _echo_best(study, spec)
+
+
+def _echo_best(study, spec) -> None:
     try:
         best = study.best_trial
     except ValueError:
@@ -122,17 +160,23 @@ def _run_and_report(study, spec, data, storage, artifact_store, **options) -> No
               help="Study-wide total of complete and pruned trials; default the study's spec.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, callback=_check_finite,
               help="Stop starting new trials after this many seconds.")
-def worker(name, storage_url, artifact_dir, n_trials, timeout) -> None:
+@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=None,
+              help="Seed of the sampler; default the study's seed, mixed with the worker index.")
+@click.option("--worker-index", type=click.IntRange(min=0), default=None,
+              help="Distinguishes the sampler seeds of workers; default the process id.")
+@heartbeat_options
+def worker(name, storage_url, artifact_dir, n_trials, timeout, seed, worker_index,
+           heartbeat_interval, grace_period) -> None:
     """Join the existing study NAME (from this or another host) and run its trials."""
     url = resolve_storage_url(storage_url)
-    storage = get_storage(url)
-    study, spec, data = studies.join(storage, name)
+    storage = get_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    study, spec, data = studies.join(storage, name, seed=seed, worker=worker_index)
     folder = storage_module.artifact_dir(url, artifact_dir, study.user_attrs.get(studies.ARTIFACT_DIR_ATTR))
     artifact_store = get_artifact_store(folder, create=True)
     click.echo(f"worker joined study {name!r}: {len(data.y_train)} training and "
                f"{len(data.y_validation)} validation rows")
     _run_and_report(study, spec, data, storage, artifact_store, n_trials=n_trials or spec.n_trials,
-                    seed=spec.seed, timeout=timeout)
+                    seed=spec.seed if seed is None else seed, timeout=timeout)
 
 
 def _format_counts(counts: dict[str, int]) -> str:

@@ -7,14 +7,17 @@ The URL comes from ``--storage``, else the environment variable ``TUNER_STORAGE`
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import sqlite3
+import warnings
 from pathlib import Path
 
 import optuna
 import sqlalchemy
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from tuner.errors import TunerError
 
@@ -52,15 +55,48 @@ def _sqlite_path(parsed: sqlalchemy.URL) -> Path | None:
     return Path(parsed.database)
 
 
-@functools.lru_cache(maxsize=None)
-def get_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage for ``url``, one per process (its engine is shared by our tables).
+#: Heartbeat defaults (seconds): a worker's RUNNING trial is failed and retried once its
+#: heartbeat is older than the grace period.
+HEARTBEAT_INTERVAL_S = 10
+GRACE_PERIOD_S = 30
+#: How often a trial of a killed worker is retried.
+MAX_RETRY = 3
 
-    SQLite files get the WAL journal and a busy timeout so that a few local processes can
-    write to one file; other databases get ``pool_pre_ping``.
+
+def _serialize_sqlite_writes(engine: sqlalchemy.Engine) -> None:
+    """Begin every SQLite transaction with BEGIN IMMEDIATE.
+
+    With pysqlite's deferred transactions a reader that later writes can fail at once with
+    "database is locked" (a WAL snapshot conflict ignores the busy timeout); taking the write
+    lock at BEGIN makes concurrent workers wait their turn instead (the recipe of SQLAlchemy's
+    SQLite dialect documentation, "Serializable isolation / Savepoints / Transactional DDL").
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_pysqlite_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners existed
+
+
+@functools.lru_cache(maxsize=None)
+def get_storage(url: str, *, heartbeat_interval: int | None = None,
+                grace_period: int | None = None) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for ``url``, one per process (its engine is shared by our tables
+    and disposed at exit).
+
+    SQLite files get the WAL journal, a busy timeout and BEGIN IMMEDIATE transactions so that
+    a few local processes can write to one file; other databases get ``pool_pre_ping``. With
+    ``heartbeat_interval`` (seconds), running trials send heartbeats, and a trial whose
+    heartbeat is older than ``grace_period`` seconds is failed and retried up to
+    :data:`MAX_RETRY` times.
 
     Raises:
-        TunerError: the URL is malformed or the database cannot be opened.
+        TunerError: the URL is malformed, its driver missing, or the database cannot be opened.
     """
     parsed = _parse(url)
     path = _sqlite_path(parsed)
@@ -74,7 +110,13 @@ def get_storage(url: str) -> optuna.storages.RDBStorage:
             engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
         else:
             engine_kwargs = {"pool_pre_ping": True}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with warnings.catch_warnings():  # heartbeats are experimental in Optuna; we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            heartbeat = {}
+            if heartbeat_interval:
+                heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period or GRACE_PERIOD_S,
+                             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)}
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except ImportError:
         raise TunerError(
             f"storage {mask_url(url)!r}: the database driver is not installed; for PostgreSQL run "
@@ -82,6 +124,15 @@ def get_storage(url: str) -> optuna.storages.RDBStorage:
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as e:
         raise TunerError(f"storage {mask_url(url)!r} cannot be opened: {first_line(e)}") from None
+    if path is not None:
+        _serialize_sqlite_writes(storage.engine)
+    atexit.register(storage.engine.dispose)
+    return storage
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether ``url`` names a SQLite database."""
+    return _parse(url).get_backend_name() == "sqlite"
 
 
 def first_line(error: BaseException) -> str:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import holdout
+from tuner.budget import BudgetedStudy, BudgetExhausted
 from tuner.dashboard import write_study_note
 from tuner.data import TrainingData, load_training_data
 from tuner.errors import StudyRefused
@@ -21,8 +21,6 @@ from tuner.spec import StudySpec, parse_spec_dict
 SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "data_fingerprint"
 ARTIFACT_DIR_ATTR = "artifact_dir"
-#: Trial states that count towards a study's ``n_trials``.
-COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -110,10 +108,11 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.RDBStorage, data:
     return study
 
 
-def join(storage: optuna.storages.RDBStorage, name: str, *, seed: int | None = None
-         ) -> tuple[optuna.Study, StudySpec, TrainingData]:
+def join(storage: optuna.storages.RDBStorage, name: str, *, seed: int | None = None,
+         worker: int | None = None) -> tuple[optuna.Study, StudySpec, TrainingData]:
     """Load an existing study as a worker: its recorded spec, its training and validation data
-    (fingerprint checked) and a sampler seeded apart from other workers (process id mixed in).
+    (fingerprint checked) and a sampler seeded apart from other workers (``worker``, an index,
+    else the process id, mixed into the seed).
 
     Raises:
         StudyRefused: no such study, the study is sealed, or the data changed.
@@ -129,7 +128,8 @@ def join(storage: optuna.storages.RDBStorage, name: str, *, seed: int | None = N
             f"{spec.data.source!r} now gives {data.fingerprint}; restore the original data"
         )
     seed = spec.seed if seed is None else seed
-    study.sampler = make_sampler(spec, sampler_seed(seed, len(study.get_trials(deepcopy=False)), os.getpid()))
+    worker = os.getpid() if worker is None else worker + 1
+    study.sampler = make_sampler(spec, sampler_seed(seed, len(study.get_trials(deepcopy=False)), worker))
     study.pruner = make_pruner(spec)
     return study, spec, data
 
@@ -146,26 +146,27 @@ def run(study: optuna.Study, spec: StudySpec, data: TrainingData, storage, artif
         n_trials: int, seed: int, timeout: float | None = None,
         on_trial: Callable[[FrozenTrial], None] | None = None) -> int:
     """Run trials until the study holds ``n_trials`` complete or pruned trials (a study-wide
-    total, whichever process ran them), ``timeout`` seconds pass, or the study is sealed by a
-    finalize (checked after every trial).
+    total, however many processes run it; see :mod:`tuner.budget`), ``timeout`` seconds pass,
+    or the study is sealed by a finalize (checked after every trial).
 
     Returns:
         The number of trials this call ran.
     """
-    remaining = n_trials - sum(count_trials(study)[s.name] for s in COUNTED_STATES)
-    if remaining <= 0:
-        return 0
 
     def stop_if_sealed(study: optuna.Study, _trial: FrozenTrial) -> None:
         if holdout.is_sealed(storage, study.study_name):
             study.stop()
 
-    callbacks = [MaxTrialsCallback(n_trials, states=COUNTED_STATES), stop_if_sealed]
+    callbacks = [stop_if_sealed]
     if on_trial is not None:
         callbacks.append(lambda _study, trial: on_trial(trial))
+    budgeted = BudgetedStudy(study, storage, n_trials)
     before = len(study.get_trials(deepcopy=False))
-    study.optimize(Objective(spec, data, artifact_store, seed=seed), n_trials=remaining,
-                   timeout=timeout, callbacks=callbacks)
+    try:
+        budgeted.optimize(Objective(spec, data, artifact_store, seed=seed), timeout=timeout,
+                          callbacks=callbacks)
+    except BudgetExhausted:
+        pass
     return len(study.get_trials(deepcopy=False)) - before
 
 

@@ -1,0 +1,114 @@
+"""Many workers: real processes on PostgreSQL and SQLite, the study-wide trial budget,
+heartbeats and retries of a killed worker's trial, SQLite under four writers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_tuner, write_spec
+
+
+def _trials(url, name):
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def _by_state(trials):
+    return {s: sum(t.state == s for t in trials) for s in TrialState}
+
+
+def test_three_workers_finish_exactly_the_study_total(tmp_path, storage_url, study_name):
+    spec = write_spec(tmp_path, n_trials=30, epochs=2)
+    result = run_tuner("study", "start", str(spec), "--storage", storage_url, "--name", study_name,
+                       "--workers", "3", "--artifact-dir", str(tmp_path / "artifacts"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "database is locked" not in result.stderr
+    trials = _trials(storage_url, study_name)
+    counts = _by_state(trials)
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 30
+    assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == counts[TrialState.FAIL] == 0
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) == 30
+    assert len({line.split()[1] for line in result.stdout.splitlines() if line.startswith("trial ")}) == 30
+
+
+def _popen_worker(name, url, tmp_path, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
+    return subprocess.Popen([sys.executable, "-m", "tuner", "study", "worker", name, "--storage", url, *args],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_path, storage_url, study_name):
+    spec = write_spec(tmp_path, n_trials=1, epochs=40)
+    hb = ["--heartbeat-interval", "1", "--grace-period", "3"]
+    created = run_tuner("study", "start", str(spec), "--storage", storage_url, "--name", study_name, *hb, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    victim = _popen_worker(study_name, storage_url, tmp_path, "--n-trials", "8", *hb)
+    survivor = None
+    try:
+        deadline = time.monotonic() + 60
+        while not any(t.state == TrialState.RUNNING for t in _trials(storage_url, study_name)):
+            assert victim.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        finished_before = {t.number: t.value for t in _trials(storage_url, study_name) if t.state.is_finished()}
+        victim.send_signal(signal.SIGKILL)  # mid-trial: its trial stays RUNNING in the database
+        victim.wait(timeout=10)
+        killed_at = time.monotonic()
+        stale = next(t for t in _trials(storage_url, study_name) if t.state == TrialState.RUNNING)
+        survivor = _popen_worker(study_name, storage_url, tmp_path, "--n-trials", "8", *hb)
+        while _trials(storage_url, study_name)[stale.number].state == TrialState.RUNNING:
+            assert time.monotonic() - killed_at < 3 + 15, "the stale trial was not failed"
+            time.sleep(0.1)
+        failed_after = time.monotonic() - killed_at
+        assert survivor.wait(timeout=240) == 0, survivor.stderr.read()
+    finally:
+        for p in (victim, survivor):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    trials = _trials(storage_url, study_name)
+    counts = _by_state(trials)
+    assert trials[stale.number].state == TrialState.FAIL
+    assert failed_after < 3 + 15
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 8
+    assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == stale.number]
+    assert len(retries) == 1 and retries[0].params == stale.params and retries[0].state.is_finished()
+    for number, value in finished_before.items():  # no finished trial lost or changed
+        assert trials[number].value == value
+
+
+def test_four_workers_on_one_sqlite_file_200_trials_without_lock_errors(tmp_path):
+    spec = write_spec(tmp_path, n_trials=200, epochs=1)
+    spec.write_text(spec.read_text().replace("low = 16, high = 64", "low = 4, high = 8")
+                    .replace("choices = [32, 64]", "choices = [512]"))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = run_tuner("study", "start", str(spec), "--storage", url, "--workers", "4", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "database is locked" not in result.stderr and "Traceback" not in result.stderr
+    counts = _by_state(_trials(url, "tiny"))
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 200
+    assert counts[TrialState.FAIL] == counts[TrialState.RUNNING] == 0
+
+
+def test_too_many_sqlite_workers_point_to_postgresql(tmp_path):
+    spec = write_spec(tmp_path)
+    result = run_tuner("study", "start", str(spec), "--workers", "5", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "at most 4 local workers; for more, use PostgreSQL" in result.stderr
+    assert not (tmp_path / "tuner.db").exists()
+
+
+def test_passwords_are_masked_in_output(tmp_path):
+    spec = write_spec(tmp_path)
+    url = "postgresql+psycopg://alice:s3cret-pw@127.0.0.1:1/nowhere"
+    result = run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "s3cret-pw" not in result.stderr + result.stdout and "***" in result.stderr

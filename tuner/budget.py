@@ -1,0 +1,65 @@
+"""The study-wide trial budget: ``n_trials`` complete or pruned trials across all workers.
+
+Optuna's ``MaxTrialsCallback`` stops a worker after the count is reached, so several workers
+overshoot it by up to one trial each. Here a worker may create a trial only while holding a
+study-wide lock and only while fewer than ``n_trials`` trials are complete, pruned or running
+(a waiting trial, such as the retry of a killed worker's trial, is always taken). The lock is
+``pg_advisory_xact_lock`` on PostgreSQL and an ``flock`` on a file beside a SQLite database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+from collections.abc import Iterator
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+#: States of the trials that use up the budget; WAITING trials are created by retries.
+BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+class BudgetExhausted(Exception):
+    """No trial may be created: the study-wide budget is used up."""
+
+
+@contextlib.contextmanager
+def study_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterator[None]:
+    """Hold a lock that every process on this study's database sees, while the block runs."""
+    engine = storage.engine
+    if engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"tuner:{study_name}".encode()).digest()[:8], "big", signed=True)
+        with engine.begin() as conn:  # released at commit, or when a killed process's session ends
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            yield
+    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with open(f"{engine.url.database}.trials.lock", "a") as f:  # released when the process dies
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:
+        yield
+
+
+class BudgetedStudy(optuna.Study):
+    """A study whose ``ask`` refuses, with :class:`BudgetExhausted`, to create a trial beyond
+    the study-wide budget of ``n_trials``."""
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, n_trials: int) -> None:
+        super().__init__(study_name=study.study_name, storage=storage, sampler=study.sampler,
+                         pruner=study.pruner)
+        self._budget_storage, self.n_trials = storage, n_trials
+
+    def ask(self, fixed_distributions=None) -> optuna.Trial:
+        with study_lock(self._budget_storage, self.study_name):
+            storage = self._budget_storage
+            waiting = storage.get_n_trials(self._study_id, TrialState.WAITING)
+            used = storage.get_n_trials(self._study_id, BUDGET_STATES)
+            if not waiting and used >= self.n_trials:
+                raise BudgetExhausted(f"{used} of {self.n_trials} trials complete, pruned or running")
+            return super().ask(fixed_distributions)
