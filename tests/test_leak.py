@@ -42,3 +42,34 @@ def test_changed_test_rows_give_bit_identical_trial_values(tmp_path):
     assert all(state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
                for state, *_ in original)
     assert original == changed  # bit-identical values, params and per-epoch scores
+
+
+def test_changed_test_rows_of_a_csv_table_give_bit_identical_trial_values(tmp_path):
+    """A table with a text column and missing values: the one-hot encoding and the imputation
+    are fitted on the training split, so new values, new categories and new gaps in the test
+    rows change nothing a trial sees."""
+    from sklearn.datasets import load_wine
+
+    wine = load_wine(as_frame=True)
+    table = wine.frame.drop(columns="target")
+    rng = np.random.default_rng(0)
+    table["region"] = rng.choice(["north", "south", "east"], len(table))
+    table.loc[rng.choice(len(table), 15, replace=False), "alcohol"] = np.nan
+    table["label"] = [wine.target_names[t] for t in wine.target]
+    test_rows = stratified_split(wine.target.to_numpy(), {"train": 0.6, "validation": 0.2, "test": 0.2}, seed=0).test
+    changed = table.copy()
+    features = [c for c in table.columns if c not in ("region", "label")]
+    changed.loc[test_rows, features] = rng.uniform(-1e3, 1e3, (len(test_rows), len(features)))
+    changed.loc[test_rows[:5], "alcohol"] = np.nan
+    changed.loc[test_rows, "region"] = "atlantis"  # a category the training split never saw
+    assert (changed["label"] == table["label"]).all()
+
+    values = []
+    for folder, data in (("a", table), ("b", changed)):
+        (tmp_path / folder).mkdir()
+        data.to_csv(tmp_path / folder / "wine.csv", index=False)
+        spec = write_spec(tmp_path / folder, n_trials=4, epochs=3, source="csv:wine.csv",
+                          data_extra='target = "label"\nmissing = "median"\nscaling = "minmax"')
+        values.append(_trial_values(spec, tmp_path / folder / "s.db"))
+    assert len(values[0]) == 4 and any(state == optuna.trial.TrialState.COMPLETE for state, *_ in values[0])
+    assert values[0] == values[1]  # bit-identical values, params and per-epoch scores

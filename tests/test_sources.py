@@ -11,7 +11,7 @@ import pytest
 
 from tuner.data import Dataset, Preprocessor, fingerprint, load_holdout_data, load_source, load_training_data, stratified_split
 from tuner.data.idx import IdxError, read_idx, write_idx
-from tuner.spec import parse_spec_dict
+from tuner.spec import load_spec, parse_spec_dict
 
 FRACTIONS = {"train": 0.6, "validation": 0.2, "test": 0.2}
 
@@ -215,3 +215,15 @@ def test_fingerprint_covers_text_columns(tmp_path):
     dataset = load_source(f"csv:{tmp_path / 'a.csv'}", target="label")
     split = stratified_split(dataset.y, FRACTIONS, seed=0)
     assert fingerprint(dataset.X, dataset.y, split) != a.fingerprint  # the text column counts
+
+
+def test_table_spec_resolves_its_path_and_parses_back(tmp_path):
+    (tmp_path / "s.toml").write_text('[data]\nsource = "csv:data/t.csv"\ntarget = "y"\nfeatures = ["a", "b"]\n'
+                                     'categorical = "refuse"\nmissing = "mean"\nscaling = "minmax"\n')
+    spec = load_spec(tmp_path / "s.toml")
+    assert spec.data.source == f"csv:{tmp_path / 'data' / 't.csv'}"
+    assert (spec.data.features, spec.data.categorical, spec.data.missing, spec.data.scaling) == (
+        ["a", "b"], "refuse", "mean", "minmax")
+    assert parse_spec_dict(spec.resolved) == spec
+    (tmp_path / "m.toml").write_text('[data]\nsource = "mnist:"\n')
+    assert load_spec(tmp_path / "m.toml").data.source == "mnist:"  # the folder comes from $TUNER_MNIST_DIR at load time

@@ -290,7 +290,7 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
         if not _is_number(fraction) or not 0 < fraction < 1:
             _fail(f"data.split.{part}", f"must be a fraction in (0, 1), got {fraction!r}")
     if not math.isclose(sum(split.values()), 1.0, abs_tol=1e-9):
-        _fail("data.split", f"fractions must sum to 1, got {sum(split.values())!r}")
+        _fail("data.split", f"fractions must sum to 1, got {round(sum(split.values()), 9)!r}")
     data["split"] = {k: float(v) for k, v in split.items()}
     _choice(data, "scaling", "data", SCALINGS)
     if data["seed"] is None:

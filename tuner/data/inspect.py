@@ -79,7 +79,8 @@ def describe(info: dict) -> str:
     official = " (test: the source's official test split)" if info["official_test_split"] else ""
     features = f"{info['features']}"
     if info["categorical_features"]:
-        features += (f" ({info['numeric_features']} numeric, {info['categorical_features']} text columns "
+        n_text = info["categorical_features"]
+        features += (f" ({info['numeric_features']} numeric, {n_text} text column{'s' if n_text != 1 else ''} "
                      "one-hot encoded as fitted on the training split)")
     width = max(len("class"), *(len(c) for c in info["classes"]))
     lines = [
