@@ -19,6 +19,7 @@ from optuna.exceptions import StorageInternalError
 
 from tuner import holdout
 from tuner import study as studies
+from tuner.data import inspect as data_inspect
 from tuner.data import load_training_data
 from tuner.errors import TunerError
 from tuner import storage as storage_module
@@ -225,6 +226,22 @@ def finalize(name, storage_url, artifact_dir, recover) -> None:
     record = holdout.finalize(study, storage, get_artifact_store(folder, create=False), recover=recover)
     click.echo(f"study {name!r} finalized and sealed: {holdout.describe(record)}; "
                f"gap (validation - test) {record['gap']:+.4f}")
+
+
+@cli.group()
+def data() -> None:
+    """Audit a spec's dataset and its split."""
+
+
+@data.command("inspect")
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--split-out", metavar="FILE", default=None,
+              help="Write a CSV with columns row (0-based position in the source) and split.")
+def inspect_command(spec_path, as_json, split_out) -> None:
+    """Rows, features, classes, class counts per split and the fingerprint of SPEC's data."""
+    info = data_inspect.inspect_data(load_spec(spec_path).data, split_out=split_out)
+    click.echo(json.dumps(info) if as_json else data_inspect.describe(info))
 
 
 def main(argv: list[str] | None = None) -> None:
