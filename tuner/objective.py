@@ -14,12 +14,21 @@ import optuna
 from optuna.artifacts import upload_artifact
 
 from tuner.data import TrainingData
-from tuner.nn import MLP, DivergedError, fit, make_optimizer
+from tuner.nn import MLP, DivergedError, activation_statistics, fit, make_optimizer
 from tuner.search import suggest
 from tuner.spec import StudySpec
 
 WEIGHTS_ARTIFACT_ATTR = "weights_artifact_id"
 WEIGHTS_SHA256_ATTR = "weights_sha256"
+#: Trial user attributes: per-epoch mean training loss (nats) and validation accuracy, epoch
+#: ``i + 1`` at index ``i``; shorter than ``model.epochs`` for pruned trials.
+TRAINING_LOSS_ATTR = "training_loss"
+VALIDATION_ACCURACY_ATTR = "validation_accuracy"
+#: Bins of the activation histograms at initialization.
+HISTOGRAM_BINS = 50
+#: At most this many training rows (a seeded sample) feed the activation histograms: enough
+#: for the picture, and a large training split does not slow every trial.
+HISTOGRAM_ROWS = 4096
 
 
 def accuracy(model: MLP, X: np.ndarray, y: np.ndarray) -> float:
@@ -61,6 +70,15 @@ def build_optimizer(hp: dict, model: MLP):
     return make_optimizer(name, lr)
 
 
+def histogram_rows(X: np.ndarray, seed: int) -> np.ndarray:
+    """The rows of ``X`` ``(n, features)`` that feed the activation histograms: all of them, or
+    a seeded sample of :data:`HISTOGRAM_ROWS` (in their original order) if there are more."""
+    if X.shape[0] <= HISTOGRAM_ROWS:
+        return X
+    rows = np.random.default_rng(seed).choice(X.shape[0], HISTOGRAM_ROWS, replace=False)
+    return X[np.sort(rows)]
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -71,7 +89,11 @@ class Objective:
 
     Every epoch the validation accuracy is reported as the trial's intermediate value, and
     the pruner may stop the trial. A trial whose loss turns NaN or infinite is pruned with
-    the reason in its user attribute ``diverged``. A trial whose value is at least the
+    the reason in its user attribute ``diverged``. Every finished trial (complete or pruned)
+    records its per-epoch training loss and validation accuracy as the user attributes
+    ``training_loss`` and ``validation_accuracy``, and uploads two PNG artifacts for the
+    dashboard: its learning curve and its activation histograms at initialization (on the
+    training split, before the first step). A trial whose value is at least the
     study's best so far saves its model (npz) to the artifact store, with the SHA-256 in the
     user attribute ``weights_sha256``, so that the locked test evaluation uses exactly the
     weights that were scored on validation.
@@ -86,9 +108,12 @@ class Objective:
         d = self.data
         model = build_model(self.spec, hp, d.n_features, len(d.classes), init_seed)
         optimizer = build_optimizer(hp, model)
+        init_stats = activation_statistics(model, histogram_rows(d.X_train, init_seed), bins=HISTOGRAM_BINS)
+        losses: list[float] = []
         scores: list[float] = []
 
         def on_epoch(epoch: int, train_loss: float) -> None:
+            losses.append(train_loss)
             scores.append(accuracy(model, d.X_validation, d.y_validation))
             trial.report(scores[-1], epoch)
             if trial.should_prune():
@@ -100,11 +125,36 @@ class Objective:
                 on_epoch=on_epoch)
         except DivergedError as e:
             trial.set_user_attr("diverged", str(e))
+            self._record_learning(trial, hp, losses, scores, init_stats)
             raise optuna.TrialPruned(str(e)) from None
+        except optuna.TrialPruned:
+            self._record_learning(trial, hp, losses, scores, init_stats)
+            raise
+        self._record_learning(trial, hp, losses, scores, init_stats)
         value = scores[-1]
         if self._is_best_so_far(trial.study, value):
             self._save_weights(trial, model)
         return value
+
+    def _record_learning(self, trial: optuna.Trial, hp: dict, losses: list[float], scores: list[float],
+                         init_stats: list[dict]) -> None:
+        """Per-epoch user attributes and the two PNG artifacts of a finished trial."""
+        # Drawn once per trial, when it finishes: per-epoch drawing would dominate a trial's time.
+        from tuner.plots import draw_activation_histograms, draw_learning_curves
+
+        trial.set_user_attr(TRAINING_LOSS_ATTR, [float(f"{x:.6g}") for x in losses])
+        trial.set_user_attr(VALIDATION_ACCURACY_ATTR, [float(f"{x:.6g}") for x in scores])
+        n = trial.number
+        with tempfile.TemporaryDirectory() as tmp:
+            curve = draw_learning_curves({f"trial {n}": (losses, scores)}, Path(tmp) / f"trial-{n}-learning-curve.png",
+                                         title=f"trial {n}: learning curve")
+            histograms = draw_activation_histograms(
+                {str(hp["initializer"]): init_stats}, Path(tmp) / f"trial-{n}-activations-at-init.png",
+                title=f"trial {n}: activations at initialization ({self.spec.model['activation']}, "
+                      f"{'BatchNorm' if self.spec.model['batchnorm'] else 'no BatchNorm'})")
+            for path in (curve, histograms):
+                upload_artifact(artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial,
+                                mimetype="image/png")
 
     def _is_best_so_far(self, study: optuna.Study, value: float) -> bool:
         try:

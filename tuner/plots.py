@@ -1,0 +1,164 @@
+"""PNG figures drawn with matplotlib (Agg, no display): learning curves and activation
+histograms at initialization.
+
+One drawing per picture, used both for a trial's artifacts (one curve, one initializer) and
+for the report (the top trials, every initializer). Figures are small and drawn once per
+finished trial, so that a study's trials stay fast. matplotlib is imported on first use:
+commands that draw nothing do not pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+#: Dots per inch of every PNG: small files, quick to draw, still legible in the dashboard.
+DPI = 80
+#: A histogram's tallest bin is clipped at this multiple of the next tallest.
+SPIKE_CLIP = 2.0
+
+
+def _figure(width_in: float, height_in: float):
+    # A Figure with its own Agg canvas, not pyplot: no global state, nothing to close, safe
+    # in a worker thread.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _margins(fig, *, left_in: float, bottom_in: float, top_in: float, wspace: float, hspace: float) -> None:
+    # Fixed margins in inches: matplotlib's automatic layouts double the drawing time.
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left_in / w, right=1 - 0.1 / w, bottom=bottom_in / h, top=1 - top_in / h,
+                        wspace=wspace, hspace=hspace)
+
+
+def draw_learning_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                         path: Path, *, title: str = "") -> Path:
+    """Write a PNG of training loss and validation accuracy per epoch, one line per curve.
+
+    Args:
+        curves: label -> (training loss per epoch (mean softmax cross-entropy, nats),
+            validation accuracy per epoch (fraction)); epoch ``i + 1`` at index ``i``. A
+            curve may be shorter than the others (pruned trials).
+        path: the PNG file to write.
+        title: the figure's title.
+
+    Returns:
+        ``path``.
+    """
+    fig = _figure(6.4, 2.6)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for label, (losses, accuracies) in curves.items():
+        loss_ax.plot(range(1, len(losses) + 1), losses, marker=".", label=label)
+        acc_ax.plot(range(1, len(accuracies) + 1), accuracies, marker=".", label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize="small")
+    loss_ax.set_xlabel("epoch", fontsize="small")
+    loss_ax.set_ylabel("training loss (nats)", fontsize="small")
+    acc_ax.set_xlabel("epoch", fontsize="small")
+    acc_ax.set_ylabel("validation accuracy", fontsize="small")
+    _margins(fig, left_in=0.6, bottom_in=0.45, top_in=0.35 if title else 0.1, wspace=0.3, hspace=0)
+    if len(curves) > 1:
+        acc_ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    fig.savefig(path, format="png")
+    return Path(path)
+
+
+def draw_activation_histograms(stats_by_label: Mapping[str, Sequence[dict]], path: Path, *,
+                               title: str = "") -> Path:
+    """Write a PNG of activation histograms: one row per label (e.g. initializer), one column
+    per hidden layer, as in Saito, "Deep Learning from Scratch", figures 6-10 to 6-14.
+
+    Args:
+        stats_by_label: label -> the per-layer statistics of
+            :func:`tuner.nn.activation_statistics` (``layer``, ``std``,
+            ``saturated_fraction``, ``histogram`` with ``counts`` and ``edges``).
+        path: the PNG file to write.
+        title: the figure's title.
+
+    Returns:
+        ``path``.
+    """
+    n_rows = max(len(stats_by_label), 1)
+    n_cols = max((len(s) for s in stats_by_label.values()), default=1) or 1
+    fig = _figure(2.2 * n_cols + 0.4, 1.4 * n_rows + 0.5)
+    # Rows share each layer's x range, so that a collapsed initializer shows as a spike at 0.
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex="col")
+    from matplotlib.ticker import MaxNLocator
+
+    for row, (label, stats) in enumerate(stats_by_label.items()):
+        for col in range(n_cols):
+            ax = axes[row][col]
+            if col >= len(stats):
+                ax.set_axis_off()
+                continue
+            layer = stats[col]
+            counts, edges = layer["histogram"]["counts"], layer["histogram"]["edges"]
+            widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+            ax.bar(edges[:-1], counts, width=widths, align="edge")
+            rest = sorted(counts)[-2] if len(counts) > 1 else 0
+            if rest and max(counts) > SPIKE_CLIP * rest:
+                # ReLU's zeros (or a saturated tail) dwarf the rest: clip the spike, its share
+                # is in the title.
+                ax.set_ylim(0, SPIKE_CLIP * rest)
+            ax.xaxis.set_major_locator(MaxNLocator(3))
+            ax.set_title(f"layer {layer['layer']}: std {layer['std']:.3g}, "
+                         f"{100 * layer['saturated_fraction']:.0f}% sat.", fontsize="x-small")
+            ax.tick_params(labelsize="x-small")
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(label, fontsize="small")
+    for col in range(n_cols):
+        # A few extreme values would squeeze every histogram to the left: show up to the
+        # 99th percentile of the widest row.
+        highs = [_quantile(stats[col]["histogram"], 0.99) for stats in stats_by_label.values() if col < len(stats)]
+        lows = [stats[col]["histogram"]["edges"][0] for stats in stats_by_label.values() if col < len(stats)]
+        if highs and max(highs) > min(lows):
+            axes[0][col].set_xlim(min(lows), max(highs))
+    _margins(fig, left_in=0.35, bottom_in=0.3, top_in=0.5 if title else 0.25, wspace=0.08, hspace=0.6)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    fig.savefig(path, format="png")
+    return Path(path)
+
+
+def draw_test_result(accuracy: float, interval: tuple[float, float], validation_value: float, path: Path, *,
+                     trial_number: int) -> Path:
+    """Write a PNG of the locked test accuracy with its interval (e.g. the 95% Wilson
+    interval) beside the validation accuracy of the same trial; accuracies are fractions.
+
+    Returns:
+        ``path``.
+    """
+    low, high = interval
+    fig = _figure(5.0, 1.5)
+    ax = fig.subplots()
+    ax.errorbar([accuracy], [1], xerr=[[accuracy - low], [high - accuracy]], fmt="o", capsize=4)
+    ax.plot([validation_value], [0], "D")
+    ax.set_yticks([0, 1], [f"validation (trial {trial_number})", "test, 95% interval"], fontsize="small")
+    ax.set_ylim(-0.6, 1.6)
+    ax.tick_params(labelsize="small")
+    ax.set_xlabel("accuracy", fontsize="small")
+    _margins(fig, left_in=1.5, bottom_in=0.45, top_in=0.1, wspace=0, hspace=0)
+    fig.savefig(path, format="png")
+    return Path(path)
+
+
+def _quantile(histogram: dict, q: float) -> float:
+    """Upper edge of the bin where the cumulative count first reaches fraction ``q``."""
+    counts, edges = histogram["counts"], histogram["edges"]
+    target, total = q * sum(counts), 0
+    for count, high in zip(counts, edges[1:]):
+        total += count
+        if total >= target:
+            return high
+    return edges[-1]
