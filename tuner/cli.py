@@ -17,7 +17,9 @@ import optuna
 import sqlalchemy
 from optuna.exceptions import StorageInternalError
 
+from tuner import dashboard as dashboard_module
 from tuner import holdout
+from tuner import report as report_module
 from tuner import study as studies
 from tuner.data import inspect as data_inspect
 from tuner.data import load_training_data
@@ -226,6 +228,40 @@ def finalize(name, storage_url, artifact_dir, recover) -> None:
     record = holdout.finalize(study, storage, get_artifact_store(folder, create=False), recover=recover)
     click.echo(f"study {name!r} finalized and sealed: {holdout.describe(record)}; "
                f"gap (validation - test) {record['gap']:+.4f}")
+
+
+@study.command()
+@click.argument("name")
+@storage_option
+@click.option("--out", "out_dir", metavar="DIR", required=True, help="Folder for report.html and the PNG files.")
+def report(name, storage_url, out_dir) -> None:
+    """Write an offline HTML report of study NAME and its figures as PNG files."""
+    storage = get_storage(resolve_storage_url(storage_url))
+    written = report_module.write_report(studies.load(storage, name), storage, out_dir)
+    for title, note in written.skipped.items():
+        click.echo(f"{title}: {note}")
+    click.echo(f"wrote {written.html} and {len(written.pngs)} PNG files")
+
+
+@cli.command("dashboard")
+@storage_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; any but a loopback address forces --read-only.")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8080, show_default=True)
+@click.option("--artifact-dir", metavar="DIR", default=None,
+              help="Folder of the artifacts; default $TUNER_ARTIFACT_DIR, else each study's recorded folder.")
+@click.option("--read-only", is_flag=True,
+              help="Refuse every change through the dashboard (delete, rename, tell, notes, uploads).")
+def dashboard_command(storage_url, host, port, artifact_dir, read_only) -> None:
+    """Serve optuna-dashboard over the study storage and its artifacts."""
+    read_only, warning = dashboard_module.resolve_read_only(host, read_only)
+    if warning:
+        click.echo(f"tuner: warning: {warning}", err=True)
+    url = resolve_storage_url(storage_url)
+    server = dashboard_module.make_server(url, host=host, port=port, artifact_dir=artifact_dir, read_only=read_only)
+    click.echo(f"optuna-dashboard of {storage_module.mask_url(url)} at {dashboard_module.dashboard_url(host, port)}"
+               f"{' (read-only)' if read_only else ''}; Ctrl-C stops it")
+    dashboard_module.serve_forever(server)
 
 
 @cli.group()

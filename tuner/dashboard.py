@@ -1,11 +1,44 @@
-"""optuna-dashboard integration: the study's note (Markdown shown on its dashboard page)."""
+"""optuna-dashboard integration: the study's note (Markdown shown on its dashboard page) and
+serving the dashboard over a study storage and its artifact store, read-only where asked.
+
+optuna-dashboard has no authentication, and its API deletes, renames and creates studies,
+tells trials and edits notes. :func:`make_server` serves optuna-dashboard's own WSGI app;
+with ``read_only`` it is wrapped in :class:`ReadOnly`, which refuses every request but GET and
+HEAD. Every write route of optuna-dashboard 0.21 uses another method: ``POST /api/studies``,
+``POST /api/studies/<id>/rename``, ``DELETE /api/studies/<id>``, ``PUT
+/api/studies/<id>/note``, ``PUT /api/studies/<id>/<trial_id>/note``, ``POST
+/api/trials/<id>/tell``, ``POST /api/trials/<id>/user-attrs``, ``POST
+/api/studies/<id>/<trial_id>/skip``, the preference routes, artifact upload (``POST``) and
+deletion (``DELETE /api/artifacts/...``), and the schema migration ``POST
+/incompatible-rdb-schema``.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import signal
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server as _make_wsgi_server
 
 import optuna
 import optuna_dashboard
+import sqlalchemy
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from tuner import storage as storage_module
+from tuner.errors import TunerError
+
+#: Request methods that optuna-dashboard only uses to read.
+READ_METHODS = frozenset({"GET", "HEAD"})
+#: The body of a refused request; optuna-dashboard's page shows ``reason`` to the user.
+READ_ONLY_REASON = ("this tuner dashboard is read-only: it refuses every change (deleting, renaming or "
+                    "creating studies, telling trials, notes, artifacts); to edit, run `tuner dashboard` "
+                    "without --read-only on a loopback host (127.0.0.1)")
+
 
 def study_note(study: optuna.Study, record: dict | None = None) -> str:
     """The study's note: dataset, split sizes, fingerprint, resolved spec and, once
@@ -37,10 +70,171 @@ def study_note(study: optuna.Study, record: dict | None = None) -> str:
             f"- weights SHA-256 `{record['weights_sha256']}`, recorded {record['completed_at']}",
             "",
         ]
-    lines += ["## Spec", "", "```json", json.dumps(spec, indent=2), "```"]
+    lines += [
+        "## Trials",
+        "",
+        "Each finished trial has the user attributes `training_loss` and `validation_accuracy` "
+        "(one value per epoch) and two PNG artifacts: its learning curve and its activation "
+        "histograms at initialization. `tuner study report` draws them for the whole study.",
+        "",
+        "## Spec", "", "```json", json.dumps(spec, indent=2), "```",
+    ]
     return "\n".join(lines)
 
 
 def write_study_note(study: optuna.Study, record: dict | None = None) -> None:
     """Save :func:`study_note` as the study's dashboard note (replacing the previous one)."""
     optuna_dashboard.save_note(study, study_note(study, record))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` (a name or an IPv4/IPv6 address) resolves to is a
+    loopback address; an empty, wildcard (``0.0.0.0``, ``::``) or unresolvable host is not."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    addresses = {info[4][0].split("%", 1)[0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def resolve_read_only(host: str, read_only: bool) -> tuple[bool, str | None]:
+    """Whether to serve read-only, and the warning to print, for ``--host`` and ``--read-only``.
+
+    A host that is not a loopback address makes the dashboard reachable from other machines
+    without authentication: read-only is forced there, with a warning.
+    """
+    if is_loopback(host):
+        return read_only, None
+    return True, (f"{host!r} is not a loopback address: the dashboard is reachable from other hosts "
+                  "without authentication, so it serves read-only")
+
+
+class ReadOnly:
+    """WSGI middleware that passes GET and HEAD requests to ``app`` and refuses every other
+    method with ``403 Forbidden`` and a JSON body ``{"reason": ...}`` (:data:`READ_ONLY_REASON`),
+    before ``app`` sees the request."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD", "GET").upper() in READ_METHODS:
+            return self.app(environ, start_response)
+        body = json.dumps({"reason": READ_ONLY_REASON}).encode()
+        start_response("403 Forbidden", [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(body)))])
+        return [body]
+
+
+class StudiesArtifactStore:
+    """Optuna's artifact store protocol over the artifact folders of all studies in a storage.
+
+    Each study records its own folder (user attribute ``artifact_dir``), and optuna-dashboard
+    asks one store for an artifact id without naming the study: reads look in every study's
+    folder (resolved as :func:`tuner.storage.artifact_dir` does, so ``--artifact-dir`` and
+    ``$TUNER_ARTIFACT_DIR`` override them all) and in the storage's default folder. Writes (an
+    upload through a writable dashboard) go to the override, else the default folder.
+    """
+
+    def __init__(self, url: str, storage: optuna.storages.BaseStorage, override: str | None = None) -> None:
+        self.url, self.storage, self.override = url, storage, override
+
+    def folders(self) -> list[Path]:
+        """The folders searched, the one written to first; resolved per call, so that studies
+        created while the dashboard runs are found."""
+        from tuner.study import ARTIFACT_DIR_ATTR  # tuner.study imports this module
+
+        folders = [storage_module.artifact_dir(self.url, self.override)]
+        for study in self.storage.get_all_studies():
+            folder = storage_module.artifact_dir(self.url, self.override, study.user_attrs.get(ARTIFACT_DIR_ATTR))
+            if folder not in folders:
+                folders.append(folder)
+        return folders
+
+    def open_reader(self, artifact_id: str):
+        for folder in self.folders():
+            if (folder / artifact_id).is_file():
+                return FileSystemArtifactStore(folder).open_reader(artifact_id)
+        raise ArtifactNotFound(f"artifact {artifact_id} is in none of the folders {self.folders()}")
+
+    def write(self, artifact_id: str, content_body) -> None:
+        folder = self.folders()[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        FileSystemArtifactStore(folder).write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        for folder in self.folders():
+            if (folder / artifact_id).is_file():
+                FileSystemArtifactStore(folder).remove(artifact_id)
+                return
+        raise ArtifactNotFound(f"artifact {artifact_id} is in none of the folders {self.folders()}")
+
+
+def dashboard_app(url: str, *, artifact_dir: str | None = None, read_only: bool = False):
+    """optuna-dashboard's WSGI app over the storage ``url`` and its studies' artifact folders
+    (``artifact_dir`` overrides them), wrapped in :class:`ReadOnly` if ``read_only``.
+
+    Raises:
+        TunerError: the storage cannot be opened, or it is a SQLite file that does not exist
+            (serving it would create an empty database).
+    """
+    try:
+        parsed = sqlalchemy.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        parsed = None  # get_storage names the problem
+    if (parsed is not None and parsed.get_backend_name() == "sqlite"
+            and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).is_file()):
+        raise TunerError(f"storage {url!r}: no database file {parsed.database!r}; run `tuner study start SPEC` "
+                         "first or pass the study's --storage")
+    storage = storage_module.get_storage(url)
+    app = optuna_dashboard.wsgi(storage, artifact_store=StudiesArtifactStore(url, storage, artifact_dir))
+    return ReadOnly(app) if read_only else app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code="-", size="-") -> None:
+        pass  # no access log: a page load makes dozens of requests; errors are still logged
+
+
+def make_server(url: str, *, host: str, port: int, artifact_dir: str | None = None,
+                read_only: bool = False) -> WSGIServer:
+    """A bound (not yet serving) HTTP server of :func:`dashboard_app` on ``host``:``port``.
+
+    One request at a time, like optuna-dashboard's own ``run_server`` (wsgiref).
+
+    Raises:
+        TunerError: the storage cannot be opened, or the address cannot be bound (in use,
+            not an address of this host).
+    """
+    app = dashboard_app(url, artifact_dir=artifact_dir, read_only=read_only)
+
+    class Server(WSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    try:
+        return _make_wsgi_server(host, port, app, server_class=Server, handler_class=_QuietHandler)
+    except (OSError, OverflowError) as e:
+        raise TunerError(f"cannot serve the dashboard on {host}:{port}: {getattr(e, 'strerror', None) or e}; "
+                         "pick another --port or --host") from None
+
+
+def dashboard_url(host: str, port: int) -> str:
+    """The address of the dashboard page served on ``host``:``port``."""
+    return f"http://[{host}]:{port}/dashboard" if ":" in host else f"http://{host}:{port}/dashboard"
+
+
+def serve_forever(server: WSGIServer) -> None:
+    """Serve until SIGINT or SIGTERM, then close the socket and return."""
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
