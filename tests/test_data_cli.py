@@ -80,6 +80,8 @@ CASES = {
                         "train-images-idx3-ubyte: wrong magic number 0x00000801, expected 0x00000803"),
     "idx truncated": (lambda p: _mnist_with(p, "t10k-images-idx3-ubyte", lambda b: b[:-5]), "mnist:",
                       "t10k-images-idx3-ubyte: truncated: the header announces 20 x 4 x 4 values (320 bytes) but the file holds 315"),
+    "idx images without labels": (lambda p: _mnist_with(p, "t10k-labels-idx1-ubyte", lambda b: b[:7] + b"\x13" + b[8:-1]),
+                                  "mnist:", "t10k-images-idx3-ubyte holds 20 images but t10k-labels-idx1-ubyte 19 labels"),
     "mnist folder absent": (lambda p: _spec(p, "mnist:nowhere"), "nowhere'",
                             "does not exist; put the MNIST or Fashion-MNIST files train-images-idx3-ubyte"),
     "mnist files absent": (lambda p: ((p / "m").mkdir(), _spec(p, "mnist:m"))[1], "mnist:",

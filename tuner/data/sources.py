@@ -213,12 +213,15 @@ def _load_mnist(source: str, argument: str) -> Dataset:
     folder = mnist_folder(source, argument)
     train_images, train_labels, test_images, test_labels = (
         _mnist_file(source, folder, name, kind) for name, kind in MNIST_FILES)
+    for images_file, labels_file in ((train_images, train_labels), (test_images, test_labels)):
+        n_images = _read_idx(source, images_file, ndim=3, header_only=True)[0]
+        n_labels = _read_idx(source, labels_file, ndim=1, header_only=True)[0]
+        if n_images != n_labels:
+            raise DataError(f"data.source {source!r}: {images_file.name} holds {n_images} images but "
+                            f"{labels_file.name} {n_labels} labels; the files do not belong together")
+    n_train = _read_idx(source, train_labels, ndim=1, header_only=True)[0]
     images = _read_idx(source, train_images, test_images, ndim=3)
     labels = _read_idx(source, train_labels, test_labels, ndim=1)
-    n_train = _read_idx(source, train_labels, ndim=1, header_only=True)[0]
-    if images.shape[0] != labels.shape[0]:
-        raise DataError(f"data.source {source!r}: {images.shape[0]} images but {labels.shape[0]} labels; "
-                        "the image and label files do not belong together")
     X = images.reshape(images.shape[0], -1)
     y, classes = _encode_labels(labels)
     test_rows = np.arange(n_train, X.shape[0], dtype=np.int64)
