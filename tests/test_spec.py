@@ -18,7 +18,11 @@ def test_only_source_is_required_and_defaults_are_filled_in():
     assert spec.resolved["model"] == DEFAULTS["model"]
     assert {n: p.kind for n, p in spec.search.items()} == {
         "learning_rate": "float", "weight_decay": "float", "batch_size": "categorical",
-        "width": "int", "initializer": "categorical", "optimizer": "fixed", "momentum": "fixed"}
+        "width": "int", "initializer": "categorical", "optimizer": "fixed", "momentum": "fixed",
+        "beta1": "fixed", "beta2": "fixed", "hidden_layers": "fixed", "activation": "fixed",
+        "epochs": "fixed", "dropout": "fixed"}
+    assert spec.sampler == {"name": "tpe", "n_startup_trials": 10}
+    assert spec.pruner == {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 5}
     assert parse_spec_dict(spec.resolved) == spec  # the stored resolved spec parses back
 
 

@@ -50,11 +50,12 @@ def build_model(spec: StudySpec, hp: dict, n_features: int, n_classes: int, seed
     """
     return MLP(
         n_features,
-        [hp["width"]] * spec.model["hidden_layers"],
+        hp["widths"],
         n_classes,
-        activation=spec.model["activation"],
+        activation=hp["activation"],
         initializer=hp["initializer"],
         batchnorm=spec.model["batchnorm"],
+        dropout=hp["dropout"],
         weight_decay=0.0 if hp["optimizer"] == "adamw" else hp["weight_decay"],
         seed=seed,
     )
@@ -66,7 +67,10 @@ def build_optimizer(hp: dict, model: MLP):
     if name in ("momentum", "nesterov"):
         return make_optimizer(name, lr, momentum=hp["momentum"])
     if name == "adamw":
-        return make_optimizer(name, lr, weight_decay=hp["weight_decay"], decay_keys=model.weight_keys)
+        return make_optimizer(name, lr, weight_decay=hp["weight_decay"], decay_keys=model.weight_keys,
+                              beta1=hp["beta1"], beta2=hp["beta2"])
+    if name == "adam":
+        return make_optimizer(name, lr, beta1=hp["beta1"], beta2=hp["beta2"])
     return make_optimizer(name, lr)
 
 
@@ -120,7 +124,7 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
-            fit(model, d.X_train, d.y_train, epochs=self.spec.model["epochs"],
+            fit(model, d.X_train, d.y_train, epochs=hp["epochs"],
                 batch_size=hp["batch_size"], optimizer=optimizer, seed=shuffle_seed,
                 on_epoch=on_epoch)
         except DivergedError as e:
@@ -150,7 +154,7 @@ class Objective:
                                          title=f"trial {n}: learning curve")
             histograms = draw_activation_histograms(
                 {str(hp["initializer"]): init_stats}, Path(tmp) / f"trial-{n}-activations-at-init.png",
-                title=f"trial {n}: activations at initialization ({self.spec.model['activation']}, "
+                title=f"trial {n}: activations at initialization ({hp['activation']}, "
                       f"{'BatchNorm' if self.spec.model['batchnorm'] else 'no BatchNorm'})")
             for path in (curve, histograms):
                 upload_artifact(artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial,

@@ -23,14 +23,39 @@ from tuner.nn.layers import ACTIVATIONS
 from tuner.nn.optimizers import OPTIMIZERS
 
 METRICS = {"accuracy": "maximize"}
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "none")
+#: Each sampler's options and their defaults (all samplers are Optuna's, seeded).
+SAMPLERS: dict[str, dict[str, Any]] = {
+    "tpe": {"n_startup_trials": 10},
+    "random": {},
+    "gp": {"n_startup_trials": 10},
+    "cmaes": {"n_startup_trials": 1},
+    "qmc": {"qmc_type": "sobol"},
+    "grid": {},
+}
+#: Each pruner's options and their defaults; the intermediate values are per-epoch
+#: validation scores, so resources and warm-up steps are counted in epochs.
+PRUNERS: dict[str, dict[str, Any]] = {
+    "median": {"n_startup_trials": 5, "n_warmup_steps": 5},
+    "percentile": {"percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": 5},
+    "hyperband": {"min_resource": 1, "reduction_factor": 3},
+    "successive_halving": {"min_resource": 1, "reduction_factor": 4, "min_early_stopping_rate": 0},
+    "none": {},
+}
+QMC_TYPES = ("sobol", "halton")
+#: Model keys that [search] may search over instead; a key may be in one table, not both.
+SEARCHABLE_MODEL_KEYS = ("hidden_layers", "activation", "epochs", "dropout")
+#: Search parameters whose values are integers.
+INT_PARAMS = ("batch_size", "width", "hidden_layers", "epochs")
+#: The optimizer options suggested only when their optimizer is chosen.
+OPTIMIZER_PARAMS = {"momentum": ("momentum", "nesterov"), "beta1": ("adam", "adamw"),
+                    "beta2": ("adam", "adamw")}
 SCALINGS = ("standard", "minmax", "none")
 
 #: Every key's default. ``study.name`` defaults to the spec file's stem and ``data.seed`` to
 #: ``study.seed``.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "study": {"name": None, "metric": "accuracy", "n_trials": 40, "seed": 0},
+    "study": {"name": None, "metric": "accuracy", "n_trials": 40, "seed": 0,
+              "stop_after_no_improvement": None},
     "data": {
         "source": None,
         "target": None,
@@ -41,7 +66,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "scaling": "standard",
         "seed": None,
     },
-    "model": {"hidden_layers": 2, "activation": "relu", "batchnorm": True, "epochs": 30},
+    "model": {"hidden_layers": 2, "activation": "relu", "batchnorm": True, "epochs": 30, "dropout": 0.0},
     "search": {
         "learning_rate": {"low": 1e-4, "high": 1.0, "log": True},
         "weight_decay": {"low": 1e-8, "high": 1e-2, "log": True},
@@ -50,9 +75,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "initializer": {"choices": ["he", "xavier", "normal:0.01"]},
         "optimizer": "momentum",
         "momentum": 0.9,
+        "beta1": 0.9,
+        "beta2": 0.999,
     },
-    "sampler": {"name": "tpe", "n_startup_trials": 10},
-    "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 5},
+    "sampler": {"name": "tpe", **SAMPLERS["tpe"]},
+    "pruner": {"name": "median", **PRUNERS["median"]},
 }
 
 
@@ -68,6 +95,7 @@ class Param:
     log: bool = False
     step: float | int | None = None
     choices: tuple = ()
+    per_layer: bool = False  # width only: one value per hidden layer (width_1, width_2, ...)
 
 
 @dataclass(frozen=True)
@@ -186,18 +214,32 @@ SEARCH_PARAMS: dict[str, tuple[Any, str]] = {
     "initializer": (_valid_initializer, ", ".join(repr(i) for i in INITIALIZERS) + " (STD > 0)"),
     "optimizer": (lambda v: v in OPTIMIZERS, " or ".join(map(repr, OPTIMIZERS))),
     "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "beta1": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "beta2": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "hidden_layers": (lambda v: _is_int(v) and 1 <= v <= MAX_HIDDEN_LAYERS, f"an integer in [1, {MAX_HIDDEN_LAYERS}]"),
+    "activation": (lambda v: v in ACTIVATIONS, " or ".join(map(repr, ACTIVATIONS))),
+    "epochs": (lambda v: _is_int(v) and 1 <= v <= MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS}]"),
+    "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
 }
 
 
-def _parse_param(name: str, raw: Any) -> Param:
-    key = f"search.{name}"
+def _parse_param(name: str, raw: Any, where: str = "search") -> Param:
+    key = f"{where}.{name}"
     valid, allowed = SEARCH_PARAMS[name]
+    per_layer = False
+    if isinstance(raw, dict) and "per_layer" in raw:
+        if name != "width":
+            _fail(f"{key}.per_layer", "applies to search.width only")
+        raw = dict(raw)
+        per_layer = raw.pop("per_layer")
+        if not isinstance(per_layer, bool):
+            _fail(f"{key}.per_layer", f"must be true or false, got {per_layer!r}")
     if not isinstance(raw, dict):
         if not valid(raw):
             _fail(key, f"must be {allowed}, got {raw!r}")
         return Param(name, "fixed", value=raw)
     if "choices" in raw:
-        _check_keys(raw, ["choices"], key)
+        _check_keys(raw, ["choices", *(["per_layer"] if name == "width" else [])], key)
         choices = raw["choices"]
         if not isinstance(choices, list) or not choices:
             _fail(f"{key}.choices", f"must be a non-empty list, got {choices!r}")
@@ -206,8 +248,8 @@ def _parse_param(name: str, raw: Any) -> Param:
                 _fail(f"{key}.choices", f"each choice must be {allowed}, got {c!r}")
         if len(set(map(repr, choices))) != len(choices):
             _fail(f"{key}.choices", f"has a repeated choice: {choices!r}")
-        return Param(name, "categorical", choices=tuple(choices))
-    _check_keys(raw, ["low", "high", "log", "step"], key)
+        return Param(name, "categorical", choices=tuple(choices), per_layer=per_layer)
+    _check_keys(raw, ["low", "high", "log", "step", *(["per_layer"] if name == "width" else [])], key)
     for bound in ("low", "high"):
         if bound not in raw:
             _fail(key, f"a range needs 'low' and 'high' (or use 'choices' or a fixed value); '{bound}' is missing")
@@ -228,7 +270,54 @@ def _parse_param(name: str, raw: Any) -> Param:
         if log:
             _fail(f"{key}.step", "cannot be combined with log = true")
     is_int = _is_int(low) and _is_int(high) and (step is None or _is_int(step))
-    return Param(name, "int" if is_int else "float", low=low, high=high, log=log, step=step)
+    if name in INT_PARAMS and not is_int:
+        _fail(f"{key}.step", f"must be an integer for an integer parameter, got {step!r}")
+    return Param(name, "int" if is_int else "float", low=low, high=high, log=log, step=step, per_layer=per_layer)
+
+
+def _options(given: dict, where: str, known: dict[str, dict], default_name: str) -> dict:
+    """A ``[sampler]`` or ``[pruner]`` table: its name and the options of that name, with defaults."""
+    name = given.get("name", default_name)
+    if name not in known:
+        _fail(f"{where}.name", f"must be one of {', '.join(map(repr, known))}, got {name!r}")
+    options = known[name]
+    for key in given:
+        if key != "name" and key not in options:
+            others = [n for n, o in known.items() if key in o]
+            if others:
+                _fail(f"{where}.{key}", f"does not apply to {where} {name!r} (only to {', '.join(others)}); "
+                      f"its options: {', '.join(options) or 'none'}")
+    _check_keys(given, ["name", *options], where)
+    return {"name": name, **copy.deepcopy(options), **copy.deepcopy(given)}
+
+
+def _check_sampler(sampler: dict, params: dict[str, Param]) -> None:
+    if "n_startup_trials" in sampler:
+        _int(sampler, "n_startup_trials", "sampler", 0)
+    if sampler["name"] == "qmc":
+        _choice(sampler, "qmc_type", "sampler", QMC_TYPES)
+    if sampler["name"] == "grid":
+        for p in params.values():
+            if p.kind == "float" and p.step is None:
+                _fail(f"search.{p.name}", "the grid sampler needs choices, a fixed value or a range with a step")
+            if p.kind in ("int", "float") and p.log:
+                _fail(f"search.{p.name}", "the grid sampler needs choices or a range with a step, not log = true")
+        if params["width"].per_layer and params["hidden_layers"].kind != "fixed":
+            _fail("search.width.per_layer", "the grid sampler needs a fixed hidden_layers for per-layer widths")
+
+
+def _check_pruner(pruner: dict) -> None:
+    for key in ("n_startup_trials", "n_warmup_steps", "min_early_stopping_rate"):
+        if key in pruner:
+            _int(pruner, key, "pruner", 0)
+    if "min_resource" in pruner:
+        _int(pruner, "min_resource", "pruner", 1)
+    if "reduction_factor" in pruner:
+        _int(pruner, "reduction_factor", "pruner", 2)
+    if "percentile" in pruner:
+        p = pruner["percentile"]
+        if not _is_number(p) or not 0 < p < 100:
+            _fail("pruner.percentile", f"must be a number in (0, 100), got {p!r}")
 
 
 def _merge(defaults: dict, given: dict, where: str) -> dict:
@@ -262,8 +351,12 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     search_raw = raw.get("search", {})
     _check_keys(search_raw, SEARCH_PARAMS, "search")
     search = {**copy.deepcopy(DEFAULTS["search"]), **copy.deepcopy(search_raw)}
-    sampler = _merge(DEFAULTS["sampler"], raw.get("sampler", {}), "sampler")
-    pruner = _merge(DEFAULTS["pruner"], raw.get("pruner", {}), "pruner")
+    for key in SEARCHABLE_MODEL_KEYS:
+        if key in search and key in raw.get("model", {}):
+            _fail(f"search.{key}", f"is also set as model.{key}; keep one: a fixed value in [model] "
+                  "or a fixed value or range in [search]")
+    sampler = _options(raw.get("sampler", {}), "sampler", SAMPLERS, DEFAULTS["sampler"]["name"])
+    pruner = _options(raw.get("pruner", {}), "pruner", PRUNERS, DEFAULTS["pruner"]["name"])
 
     if study["name"] is None:
         study["name"] = default_name
@@ -271,6 +364,8 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     _choice(study, "metric", "study", METRICS)
     _int(study, "n_trials", "study", 1)
     _int(study, "seed", "study", 0, MAX_SEED)
+    if study["stop_after_no_improvement"] is not None:
+        _int(study, "stop_after_no_improvement", "study", 1)
 
     if data["source"] is None:
         _fail("data.source", "is required, e.g. source = \"sklearn:digits\"")
@@ -320,18 +415,12 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     _choice(data, "categorical", "data", CATEGORICAL)
     _choice(data, "missing", "data", MISSING)
 
-    _int(model, "hidden_layers", "model", 1, MAX_HIDDEN_LAYERS)
-    _choice(model, "activation", "model", ACTIVATIONS)
     _bool(model, "batchnorm", "model")
-    _int(model, "epochs", "model", 1, MAX_EPOCHS)
-
-    params = {name: _parse_param(name, value) for name, value in search.items()}
-
-    _choice(sampler, "name", "sampler", SAMPLERS)
-    _int(sampler, "n_startup_trials", "sampler", 0)
-    _choice(pruner, "name", "pruner", PRUNERS)
-    _int(pruner, "n_startup_trials", "pruner", 0)
-    _int(pruner, "n_warmup_steps", "pruner", 0)
+    params = {name: _parse_param(name, value, "model") for name, value in model.items()
+              if name in SEARCHABLE_MODEL_KEYS and name not in search}
+    params.update({name: _parse_param(name, value) for name, value in search.items()})
+    _check_sampler(sampler, params)
+    _check_pruner(pruner)
 
     resolved = {"study": study, "data": data, "model": model, "search": search,
                 "sampler": sampler, "pruner": pruner}

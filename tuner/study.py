@@ -14,8 +14,9 @@ from tuner import holdout
 from tuner.budget import BudgetedStudy, BudgetExhausted
 from tuner.dashboard import write_study_note
 from tuner.data import TrainingData, load_training_data
-from tuner.errors import StudyRefused
+from tuner.errors import StudyRefused, TunerError
 from tuner.objective import Objective
+from tuner.search import grid
 from tuner.spec import StudySpec, parse_spec_dict
 
 SPEC_ATTR = "spec"
@@ -24,18 +25,63 @@ ARTIFACT_DIR_ATTR = "artifact_dir"
 
 
 def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with ``seed``."""
-    if spec.sampler["name"] == "random":
+    """The spec's Optuna sampler, seeded with ``seed``.
+
+    Raises:
+        TunerError: ``gp`` without PyTorch installed.
+    """
+    options = {k: v for k, v in spec.sampler.items() if k != "name"}
+    name = spec.sampler["name"]
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **options)
+    if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.sampler["n_startup_trials"])
+    if name == "gp":
+        try:
+            import torch  # noqa: F401  (Optuna's GP sampler runs on PyTorch)
+        except ImportError:
+            raise TunerError("sampler.name 'gp' needs PyTorch: pip install -e '.[gp]'") from None
+        return optuna.samplers.GPSampler(seed=seed, **options)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **options)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False, **options)
+    return optuna.samplers.GridSampler(grid(spec.search), seed=seed)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The spec's pruner; intermediate values are validation scores per epoch."""
-    if spec.pruner["name"] == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner["n_startup_trials"],
-                                       n_warmup_steps=spec.pruner["n_warmup_steps"])
+    """The spec's Optuna pruner; intermediate values are validation scores per epoch, so
+    resources are epochs (Hyperband's maximum: the largest number of epochs a trial trains)."""
+    options = {k: v for k, v in spec.pruner.items() if k != "name"}
+    name = spec.pruner["name"]
+    if name == "median":
+        return optuna.pruners.MedianPruner(**options)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(**options)
+    if name == "hyperband":
+        epochs = spec.search["epochs"]
+        max_epochs = epochs.value if epochs.kind == "fixed" else max(epochs.choices or (epochs.high,))
+        return optuna.pruners.HyperbandPruner(max_resource=max_epochs, **options)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**options)
+    return optuna.pruners.NopPruner()
+
+
+def stop_after_no_improvement(n: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """A callback that stops the study once ``n`` trials have finished (complete or pruned,
+    in any process) since the trial that set the best value."""
+
+    def callback(study: optuna.Study, _trial: FrozenTrial) -> None:
+        try:
+            best = study.best_trial
+        except ValueError:
+            return
+        finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                    if t.datetime_complete and t.datetime_complete > best.datetime_complete]
+        if len(finished) >= n:
+            study.stop()
+
+    return callback
 
 
 #: Spec keys that may change when a study is resumed; any other change is refused.
@@ -158,6 +204,8 @@ def run(study: optuna.Study, spec: StudySpec, data: TrainingData, storage, artif
             study.stop()
 
     callbacks = [stop_if_sealed]
+    if spec.resolved["study"]["stop_after_no_improvement"]:
+        callbacks.append(stop_after_no_improvement(spec.resolved["study"]["stop_after_no_improvement"]))
     if on_trial is not None:
         callbacks.append(lambda _study, trial: on_trial(trial))
     budgeted = BudgetedStudy(study, storage, n_trials)
