@@ -146,6 +146,20 @@ def test_idx_float32_round_trip_and_malformed_files(tmp_path):
     (tmp_path / "g.idx.gz").write_bytes(gzip.compress(raw + b"\x00"))
     with pytest.raises(IdxError, match="longer than its header says"):
         read_idx(tmp_path / "g.idx.gz", ndim=3)
+    (tmp_path / "empty.idx").write_bytes(b"")
+    with pytest.raises(IdxError, match="empty.idx: the file is empty"):
+        read_idx(tmp_path / "empty.idx", ndim=3)
+
+
+def test_npz_uint8_features_become_float32_as_before(tmp_path):
+    # Only IDX pixels stay uint8 until preprocessing; an npz file hashes as it always has.
+    X = np.random.default_rng(0).integers(0, 256, size=(30, 3)).astype(np.uint8)
+    np.savez(tmp_path / "u.npz", X=X, y=np.arange(30) % 3)
+    np.savez(tmp_path / "f.npz", X=X.astype(np.float32), y=np.arange(30) % 3)
+    assert load_source(f"npz:{tmp_path / 'u.npz'}").X.dtype == np.float32
+    a = load_training_data(data_spec(source=f"npz:{tmp_path / 'u.npz'}"))
+    b = load_training_data(data_spec(source=f"npz:{tmp_path / 'f.npz'}"))
+    assert a.fingerprint == b.fingerprint
 
 
 def test_split_is_disjoint_stratified_and_deterministic_on_string_labels(tmp_path):

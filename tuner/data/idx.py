@@ -37,8 +37,10 @@ def _read_header(f, ndim: int) -> tuple[tuple[int, ...], np.dtype]:
         magic = f.read(4)
     except (OSError, EOFError) as e:  # a corrupt gzip stream
         raise IdxError(f"cannot be decompressed: {e}") from None
+    if not magic:
+        raise IdxError("the file is empty")
     if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in IDX_TYPES or magic[3] != ndim:
-        got = "0x" + magic.hex().upper() if magic else "nothing"
+        got = "0x" + magic.hex().upper()
         raise IdxError(f"wrong magic number {got}, expected 0x000008{ndim:02X} (type byte 08-0E, "
                        f"{ndim} dimension{'s' if ndim > 1 else ''}); is this the right IDX file?")
     header = f.read(4 * ndim)
