@@ -105,11 +105,9 @@ def draw_activation_histograms(stats_by_label: Mapping[str, Sequence[dict]], pat
             counts, edges = layer["histogram"]["counts"], layer["histogram"]["edges"]
             widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
             ax.bar(edges[:-1], counts, width=widths, align="edge")
-            rest = sorted(counts)[-2] if len(counts) > 1 else 0
-            if rest and max(counts) > SPIKE_CLIP * rest:
-                # ReLU's zeros (or a saturated tail) dwarf the rest: clip the spike, its share
-                # is in the title.
-                ax.set_ylim(0, SPIKE_CLIP * rest)
+            top = count_limit(counts)
+            if top is not None:
+                ax.set_ylim(0, top)
             ax.xaxis.set_major_locator(MaxNLocator(3))
             ax.set_title(f"layer {layer['layer']}: std {layer['std']:.3g}, "
                          f"{100 * layer['saturated_fraction']:.0f}% sat.", fontsize="x-small")
@@ -117,13 +115,9 @@ def draw_activation_histograms(stats_by_label: Mapping[str, Sequence[dict]], pat
             ax.set_yticks([])
             if col == 0:
                 ax.set_ylabel(label, fontsize="small")
-    for col in range(n_cols):
-        # A few extreme values would squeeze every histogram to the left: show up to the
-        # 99th percentile of the widest row.
-        highs = [_quantile(stats[col]["histogram"], 0.99) for stats in stats_by_label.values() if col < len(stats)]
-        lows = [stats[col]["histogram"]["edges"][0] for stats in stats_by_label.values() if col < len(stats)]
-        if highs and max(highs) > min(lows):
-            axes[0][col].set_xlim(min(lows), max(highs))
+    for col, limits in enumerate(layer_value_limits(stats_by_label)):
+        if limits is not None:
+            axes[0][col].set_xlim(*limits)
     _margins(fig, left_in=0.35, bottom_in=0.3, top_in=0.5 if title else 0.25, wspace=0.08, hspace=0.6)
     if title:
         fig.suptitle(title, fontsize="medium")
@@ -151,6 +145,29 @@ def draw_test_result(accuracy: float, interval: tuple[float, float], validation_
     _margins(fig, left_in=1.5, bottom_in=0.45, top_in=0.1, wspace=0, hspace=0)
     fig.savefig(path, format="png")
     return Path(path)
+
+
+def count_limit(counts: Sequence[int]) -> float | None:
+    """The y-axis top of a histogram whose tallest bin dwarfs the rest (ReLU's zeros, or a
+    saturated tail): :data:`SPIKE_CLIP` times the next tallest; None if no clipping is needed.
+    The spike's share is shown in the panel's title."""
+    ordered = sorted(counts)
+    rest = ordered[-2] if len(ordered) > 1 else 0
+    return SPIKE_CLIP * rest if rest and ordered[-1] > SPIKE_CLIP * rest else None
+
+
+def layer_value_limits(stats_by_label: Mapping[str, Sequence[dict]]) -> list[tuple[float, float] | None]:
+    """Per hidden layer, the x-axis range shared by all labels: from the lowest value to the
+    99th percentile of the widest label (a few extreme values would otherwise squeeze every
+    histogram to the left). None for a layer without spread."""
+    n_cols = max((len(s) for s in stats_by_label.values()), default=0)
+    limits = []
+    for col in range(n_cols):
+        histograms = [stats[col]["histogram"] for stats in stats_by_label.values() if col < len(stats)]
+        low = min(h["edges"][0] for h in histograms)
+        high = max(_quantile(h, 0.99) for h in histograms)
+        limits.append((low, high) if high > low else None)
+    return limits
 
 
 def _quantile(histogram: dict, q: float) -> float:

@@ -156,20 +156,21 @@ def _learning_curve_section(study: optuna.Study, out: Path) -> Section:
                    note=f"the {len(top)} best completed trials (of at most {TOP_TRIALS}), validation accuracy in brackets")
 
 
-def _reference_width(study: optuna.Study, spec) -> int:
-    """The hidden-layer width of the histogram models: the best trial's, else the spec's."""
+def _reference_hyperparameters(study: optuna.Study, spec) -> tuple[int, dict] | None:
+    """The number and hyperparameters (as :func:`tuner.search.suggest` gave them) of the trial
+    whose architecture the histogram models take: the best completed trial, else the first
+    finished one; None if no trial finished."""
+    from tuner.search import suggest
+
     try:
-        width = study.best_trial.params.get("width")
-        if width is not None:
-            return int(width)
+        reference = study.best_trial
     except ValueError:
-        pass
-    p = spec.search["width"]
-    if p.kind == "fixed":
-        return int(p.value)
-    if p.kind == "categorical":
-        return int(p.choices[0])
-    return int(round(math.sqrt(p.low * p.high)))
+        finished = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if not finished:
+            return None
+        reference = finished[0]
+    # FixedTrial replays the trial's suggestions; fixed values come from the spec, as they did.
+    return reference.number, suggest(optuna.trial.FixedTrial(reference.params), spec.search)
 
 
 def _initializers(spec) -> list[str]:
@@ -180,6 +181,8 @@ def _initializers(spec) -> list[str]:
 def _histogram_figure(stats_by_init: dict[str, list[dict]]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
+    from tuner.plots import count_limit, layer_value_limits
 
     n_cols = max(len(s) for s in stats_by_init.values())
     titles = [f"{init}, layer {layer['layer']}: std {layer['std']:.3g}, "
@@ -193,6 +196,12 @@ def _histogram_figure(stats_by_init: dict[str, list[dict]]):
             figure.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=layer["histogram"]["counts"],
                                     width=np.diff(edges), showlegend=False, marker={"color": "#1f77b4"}),
                              row=row, col=layer["layer"])
+            top = count_limit(layer["histogram"]["counts"])
+            if top is not None:
+                figure.update_yaxes(range=[0, top], row=row, col=layer["layer"])
+    for col, limits in enumerate(layer_value_limits(stats_by_init), start=1):
+        if limits is not None:
+            figure.update_xaxes(range=list(limits), col=col)
     figure.update_annotations(font_size=10)
     figure.update_layout(height=170 * len(stats_by_init) + 60, bargap=0, margin={"t": 40})
     return figure
@@ -214,21 +223,25 @@ def _activation_sections(study: optuna.Study, out: Path) -> list[Section]:
         data = load_training_data(spec.data)
     except TunerError as e:
         return [Section(title, note=f"not drawn: the study's training data cannot be loaded: {e}")]
-    width, model = _reference_width(study, spec), spec.model
+    reference = _reference_hyperparameters(study, spec)
+    if reference is None:
+        return [Section(title, note="no finished trial yet: no architecture to draw")]
+    number, hp = reference
     X = histogram_rows(data.X_train, spec.seed)
-    variants = [(model["batchnorm"], "the study's model", "the study's model", "activations_at_init.png")]
-    if model["batchnorm"]:
+    batchnorm_on = spec.model["batchnorm"]
+    variants = [(batchnorm_on, "the study's model", "the study's model", "activations_at_init.png")]
+    if batchnorm_on:
         variants.append((False, "the same model without BatchNorm, for contrast", "without BatchNorm",
                          "activations_at_init_no_batchnorm.png"))
     sections = []
     for batchnorm, what, short, png in variants:
         stats_by_init = {
             init: activation_statistics(
-                MLP(data.n_features, [width] * model["hidden_layers"], len(data.classes),
-                    activation=model["activation"], initializer=init, batchnorm=batchnorm, seed=spec.seed),
+                MLP(data.n_features, hp["widths"], len(data.classes), activation=hp["activation"],
+                    initializer=init, batchnorm=batchnorm, seed=spec.seed),
                 X, bins=HISTOGRAM_BINS)
             for init in _initializers(spec)}
-        caption = (f"{what}: {model['hidden_layers']} hidden layers of width {width}, {model['activation']}, "
+        caption = (f"{what}: the architecture of trial {number} (hidden widths {hp['widths']}, {hp['activation']}), "
                    f"{'BatchNorm' if batchnorm else 'no BatchNorm'}; seed {spec.seed}; {X.shape[0]} training "
                    "rows; one row per initializer, one column per hidden layer")
         draw_activation_histograms(stats_by_init, out / png, title=f"at initialization, {short}")
