@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 import warnings
 
 import click
 import optuna
+import pandas as pd
 import sqlalchemy
 from optuna.exceptions import StorageInternalError
 
 from tuner import dashboard as dashboard_module
+from tuner import export as export_module
 from tuner import holdout
 from tuner import report as report_module
 from tuner import study as studies
 from tuner.data import inspect as data_inspect
 from tuner.data import load_training_data
 from tuner.errors import TunerError
+from tuner.progress import Progress, format_params
 from tuner import storage as storage_module
 from tuner import workers as run_workers_module
 from tuner.spec import MAX_SEED, check_study_name, load_spec
@@ -50,6 +54,13 @@ def heartbeat_options(command):
         help="Seconds between a running trial's heartbeats.")(command)
 
 
+def output_options(command):
+    """``--quiet`` and ``--json-lines`` for commands that run trials."""
+    command = click.option("--json-lines", is_flag=True,
+                           help="Print one JSON object per finished trial, and nothing else, on stdout.")(command)
+    return click.option("--quiet", is_flag=True, help="Print no trial lines and no progress bar.")(command)
+
+
 @click.group()
 @click.version_option(package_name="tuner")
 def cli() -> None:
@@ -62,18 +73,6 @@ def cli() -> None:
 @cli.group()
 def study() -> None:
     """Create, run, inspect and finalize studies."""
-
-
-def _format_params(params: dict) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
-def _print_trial(trial: optuna.trial.FrozenTrial) -> None:
-    value = "-" if trial.value is None else f"{trial.value:.4f}"
-    seconds = studies.trial_seconds(trial)
-    note = f"  ({trial.user_attrs['diverged']})" if "diverged" in trial.user_attrs else ""
-    click.echo(f"trial {trial.number:>4}  {trial.state.name:<8}  value={value}  "
-               f"{_format_params(trial.params)}  {seconds or 0:.2f}s{note}")
 
 
 def _check_name(ctx, param, value):
@@ -105,8 +104,9 @@ def _check_finite(ctx, param, value):
 @click.option("--workers", type=click.IntRange(min=1), default=1,
               help="Worker processes on this host, each with one BLAS thread (SQLite: at most 4).")
 @heartbeat_options
+@output_options
 def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed, workers,
-          heartbeat_interval, grace_period) -> None:
+          heartbeat_interval, grace_period, quiet, json_lines) -> None:
     """Create the study of SPEC (or resume it) and run its trials."""
     spec = load_spec(spec_path)
     url = resolve_storage_url(storage_url)
@@ -119,30 +119,75 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed, w
     artifact_store = get_artifact_store(folder, create=True)
     data = load_training_data(spec.data)
     study = studies.create_or_resume(spec, storage, data, name=name, seed=seed, artifact_dir=folder)
-    click.echo(f"study {name!r}: {len(data.y_train)} training and {len(data.y_validation)} "
-               f"validation rows, {n_trials} trials in total")
+    mode = _mode(quiet, json_lines)
+    if mode == "lines":
+        click.echo(f"study {name!r}: {len(data.y_train)} training and {len(data.y_validation)} "
+                   f"validation rows, {n_trials} trials in total")
     if workers == 1:
-        _run_and_report(study, spec, data, storage, artifact_store, n_trials=n_trials, seed=seed, timeout=timeout)
+        _run_and_report(study, spec, data, storage, artifact_store, mode, n_trials=n_trials, seed=seed,
+                        timeout=timeout)
         return
     # The URL goes through the environment, not argv, so no password shows in process lists.
     worker_args = ["--artifact-dir", str(folder), "--n-trials", str(n_trials),
                    "--seed", str(seed), "--heartbeat-interval", str(heartbeat_interval),
-                   "--grace-period", str(grace_period)] + (["--timeout", str(timeout)] if timeout else [])
-    code = run_workers_module.run_workers(name, workers, worker_args, env={"TUNER_STORAGE": url})
-    counts = studies.count_trials(study)
-    click.echo(f"{workers} workers done: {_format_counts(counts)}")
-    _echo_best(study, spec)
+                   "--grace-period", str(grace_period), "--quiet"] + (["--timeout", str(timeout)] if timeout else [])
+    progress = Progress(study, n_trials, mode)
+    try:
+        code = run_workers_module.run_workers(name, workers, worker_args, env={"TUNER_STORAGE": url},
+                                              poll=progress.update)
+    finally:
+        progress.update()
+        progress.close()
+    if mode == "lines":
+        click.echo(f"{workers} workers done: {_format_counts(studies.count_trials(study))}")
+        _echo_best(study, spec)
+    if code == INTERRUPTED:
+        _interrupted(study)
     if code:
         sys.exit(code)
 
 
-def _run_and_report(study, spec, data, storage, artifact_store, **options) -> None:
+def _run_and_report(study, spec, data, storage, artifact_store, mode, **options) -> None:
     t0 = time.perf_counter()
-    studies.run(study, spec, data, storage, artifact_store, on_trial=_print_trial, **options)
+    progress = Progress(study, options["n_trials"], mode)
+    # SIGTERM (a scheduler, `kill`) stops the run like Ctrl-C: the running trial is marked
+    # failed by Optuna, finished trials stay, and `start` resumes later.
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        studies.run(study, spec, data, storage, artifact_store, on_trial=lambda _t: progress.update(), **options)
+    except KeyboardInterrupt:
+        progress.close()
+        _interrupted(study)
+        sys.exit(INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+    if mode != "lines":
+        return
     click.echo(f"done in {time.perf_counter() - t0:.1f}s: {_format_counts(studies.count_trials(study))}")
     if holdout.is_sealed(storage, study.study_name):
         click.echo("stopped: the study was sealed by finalize")
     _echo_best(study, spec)
+
+
+#: Exit code of a run stopped by SIGINT or SIGTERM (128 + SIGINT).
+INTERRUPTED = 130
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _interrupted(study) -> None:
+    counts = studies.count_trials(study)
+    click.echo(f"tuner: interrupted: {counts['COMPLETE'] + counts['PRUNED']} finished trials kept, the running "
+               "trial marked failed; run the same command again to resume", err=True)
+
+
+def _mode(quiet: bool, json_lines: bool) -> str:
+    if quiet and json_lines:
+        raise click.UsageError("--quiet and --json-lines exclude each other; pick one")
+    return "quiet" if quiet else "json" if json_lines else "lines"
 
 
 def _echo_best(study, spec) -> None:
@@ -152,7 +197,7 @@ def _echo_best(study, spec) -> None:
         click.echo("no completed trial")
         return
     click.echo(f"best trial {best.number}: validation {spec.metric} {best.value:.4f}  "
-               f"{_format_params(best.params)}")
+               f"{format_params(best.params)}")
 
 
 @study.command()
@@ -168,22 +213,51 @@ def _echo_best(study, spec) -> None:
 @click.option("--worker-index", type=click.IntRange(min=0), default=None,
               help="Distinguishes the sampler seeds of workers; default the process id.")
 @heartbeat_options
+@output_options
 def worker(name, storage_url, artifact_dir, n_trials, timeout, seed, worker_index,
-           heartbeat_interval, grace_period) -> None:
+           heartbeat_interval, grace_period, quiet, json_lines) -> None:
     """Join the existing study NAME (from this or another host) and run its trials."""
     url = resolve_storage_url(storage_url)
     storage = get_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     study, spec, data = studies.join(storage, name, seed=seed, worker=worker_index)
     folder = storage_module.artifact_dir(url, artifact_dir, study.user_attrs.get(studies.ARTIFACT_DIR_ATTR))
     artifact_store = get_artifact_store(folder, create=True)
-    click.echo(f"worker joined study {name!r}: {len(data.y_train)} training and "
-               f"{len(data.y_validation)} validation rows")
-    _run_and_report(study, spec, data, storage, artifact_store, n_trials=n_trials or spec.n_trials,
+    mode = _mode(quiet, json_lines)
+    if mode == "lines":
+        click.echo(f"worker joined study {name!r}: {len(data.y_train)} training and "
+                   f"{len(data.y_validation)} validation rows")
+    _run_and_report(study, spec, data, storage, artifact_store, mode, n_trials=n_trials or spec.n_trials,
                     seed=spec.seed if seed is None else seed, timeout=timeout)
 
 
 def _format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) or "no trials"
+
+
+@study.command("list")
+@storage_option
+def list_command(storage_url) -> None:
+    """A table of the storage's studies: trials by state, best value, sealed."""
+    storage = get_storage(resolve_storage_url(storage_url))
+    rows = studies.overview(storage)
+    if not rows:
+        click.echo("no studies in this storage; create one with `tuner study start SPEC`")
+        return
+    click.echo(pd.DataFrame(rows).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"))
+
+
+@study.command()
+@click.argument("name")
+@storage_option
+@click.option("--out", "out_path", metavar="FILE", required=True,
+              help="FILE.csv, FILE.parquet or FILE.json: one row per trial.")
+@click.option("--intermediate", is_flag=True, help="Add the per-epoch validation scores (epoch_1, ...).")
+def export(name, storage_url, out_path, intermediate) -> None:
+    """Write the trials of study NAME as a table: params as columns, state, value, duration."""
+    storage = get_storage(resolve_storage_url(storage_url))
+    df = export_module.trials_table(studies.load(storage, name), intermediate=intermediate)
+    path = export_module.write_table(df, out_path)
+    click.echo(f"wrote {len(df)} trials, {len(df.columns)} columns to {path}")
 
 
 @study.command()
@@ -201,7 +275,7 @@ def show(name, storage_url, as_json) -> None:
     click.echo(f"trials: {_format_counts(info['n_trials'])}")
     if info["best"]:
         b = info["best"]
-        click.echo(f"best trial {b['number']}: validation {b['value']:.4f}  {_format_params(b['params'])}")
+        click.echo(f"best trial {b['number']}: validation {b['value']:.4f}  {format_params(b['params'])}")
     record = holdout.get_record(storage, name)
     if record is None:
         click.echo("not finalized")
@@ -211,6 +285,9 @@ def show(name, storage_url, as_json) -> None:
                    f"gap {record['gap']:+.4f} (how optimistic the best validation score was)")
     else:
         click.echo(f"sealed: {holdout.describe(record)}")
+    if info["spec"]:
+        click.echo("spec (resolved, as it ran):")
+        click.echo(json.dumps(info["spec"], indent=2))
 
 
 @study.command()

@@ -218,13 +218,6 @@ def run(study: optuna.Study, spec: StudySpec, data: TrainingData, storage, artif
     return len(study.get_trials(deepcopy=False)) - before
 
 
-def trial_seconds(trial: FrozenTrial) -> float | None:
-    """Wall time of a finished trial in seconds."""
-    if trial.datetime_start and trial.datetime_complete:
-        return (trial.datetime_complete - trial.datetime_start).total_seconds()
-    return None
-
-
 def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
     """The object ``tuner study show --json`` prints: ``name``, ``direction``, ``metric``,
     ``n_trials`` (count by state), ``best`` (``number``, ``value``, ``params``) or None,
@@ -247,6 +240,22 @@ def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
         "data_fingerprint": study.user_attrs.get(FINGERPRINT_ATTR),
         "spec": spec_dict,
     }
+
+
+def overview(storage: optuna.storages.RDBStorage) -> list[dict]:
+    """One row per study in the storage: ``name``, the count of trials in each state,
+    ``best`` value (or None) and ``sealed``."""
+    rows = []
+    for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=frozen.study_name, storage=storage)
+        counts = count_trials(study)
+        try:
+            best = study.best_value
+        except ValueError:
+            best = None
+        rows.append({"name": frozen.study_name, **{s.lower(): n for s, n in counts.items()},
+                     "best": best, "sealed": holdout.is_sealed(storage, frozen.study_name)})
+    return rows
 
 
 def load(storage: optuna.storages.RDBStorage, name: str) -> optuna.Study:

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 from tuner.errors import TunerError
 
@@ -27,17 +29,19 @@ def check_worker_count(workers: int, sqlite: bool) -> None:
 
 
 def run_workers(name: str, workers: int, worker_args: list[str], *, env: dict[str, str],
-                blas_threads: int = 1) -> int:
+                blas_threads: int = 1, poll: Callable[[], None] | None = None,
+                poll_interval_s: float = 1.0) -> int:
     """Run ``workers`` processes of ``tuner study worker NAME WORKER_ARGS`` with the extra
-    environment ``env`` and wait for them.
+    environment ``env`` and wait for them, calling ``poll`` every ``poll_interval_s`` seconds.
 
-    SIGINT and SIGTERM sent to this process are passed on to the workers, which finish
-    cleanly. Returns the highest exit code of the workers (0 when all succeeded).
+    The workers run in their own session, so a Ctrl-C at the terminal reaches only this
+    process, which passes SIGINT (and SIGTERM) on to each worker once; they finish cleanly.
+    Returns the highest exit code of the workers (0 when all succeeded).
     """
     env = {**os.environ, **env, **{k: str(blas_threads) for k in THREAD_ENV}}
     procs = [
         subprocess.Popen([sys.executable, "-m", "tuner", "study", "worker", name, *worker_args,
-                          "--worker-index", str(i)], env=env)
+                          "--worker-index", str(i)], env=env, start_new_session=True)
         for i in range(workers)
     ]
 
@@ -48,7 +52,11 @@ def run_workers(name: str, workers: int, worker_args: list[str], *, env: dict[st
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return max(p.wait() for p in procs)
+        while any(p.poll() is None for p in procs):
+            if poll is not None:
+                poll()
+            time.sleep(poll_interval_s)
+        return max(p.returncode for p in procs)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
