@@ -169,3 +169,32 @@ def test_a_running_worker_stops_once_the_study_is_sealed(tmp_path):
     late = run_tuner("study", "worker", "s", "--storage", url, cwd=tmp_path)
     assert late.returncode == 2 and "is sealed" in late.stderr
     assert len(optuna.load_study(study_name="s", storage=url).get_trials()) == n
+
+
+def test_start_and_worker_processes_get_nothing_from_the_test_rows(tmp_path):
+    """Real `start` and `worker` processes on two copies of the data that differ only in the
+    test rows' features (scrambled): every trial's parameters, per-epoch validation scores
+    and value are bit-identical, so no value from a test row reaches any trial. (The loader
+    reads the whole file to validate and fingerprint it, then drops the test rows before the
+    objective exists; only finalize keeps them.)"""
+    from tuner.data import stratified_split
+
+    X, y, _ = load_source("sklearn:digits")
+    test_rows = stratified_split(y, {"train": 0.6, "validation": 0.2, "test": 0.2}, seed=0).test
+    scrambled = X.copy()
+    scrambled[test_rows] = np.random.default_rng(7).permutation(scrambled[test_rows].ravel()).reshape(-1, X.shape[1]) * 3
+    runs = []
+    for label, features in (("original", X), ("scrambled", scrambled)):
+        folder = tmp_path / label
+        folder.mkdir()
+        np.savez(folder / "d.npz", X=features, y=y)
+        spec = write_spec(folder, n_trials=3, epochs=3, source="npz:d.npz")
+        url = f"sqlite:///{folder / 's.db'}"
+        assert run_tuner("study", "start", str(spec), "--storage", url, cwd=folder).returncode == 0
+        worker = run_tuner("study", "worker", "tiny", "--storage", url, "--n-trials", "5", "--worker-index", "0",
+                           cwd=folder)
+        assert worker.returncode == 0, worker.stderr
+        trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+        runs.append([(t.params, t.intermediate_values, t.value, t.state) for t in trials])
+    assert len(runs[0]) == 5
+    assert runs[0] == runs[1]
