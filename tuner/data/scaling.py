@@ -55,11 +55,7 @@ class StandardScaler:
 
     def fit(self, X: np.ndarray) -> "StandardScaler":
         """Learn mean and std from ``X`` ``(n_samples, n_features)``; returns self."""
-        self.n_samples_seen_ = 0
-        step = block_rows(X.shape[1])
-        for start in range(0, max(len(X), 1), step):
-            self.partial_fit(X[start:start + step])
-        return self
+        return _fit_in_blocks(self, X)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """A new float32 array ``(n_samples, n_features)``; ``X`` is not modified."""
@@ -94,15 +90,21 @@ class MinMaxScaler:
 
     def fit(self, X: np.ndarray) -> "MinMaxScaler":
         """Learn min and max from ``X`` ``(n_samples, n_features)``; returns self."""
-        self.n_samples_seen_ = 0
-        step = block_rows(X.shape[1])
-        for start in range(0, max(len(X), 1), step):
-            self.partial_fit(X[start:start + step])
-        return self
+        return _fit_in_blocks(self, X)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """A new float32 array ``(n_samples, n_features)``; ``X`` is not modified."""
         return ((np.asarray(X, dtype=np.float64) - self.min_) / self.scale_).astype(np.float32)
+
+
+def _fit_in_blocks(scaler, X: np.ndarray):
+    """Fit ``scaler`` from scratch on ``X`` through ``partial_fit`` over blocks of rows, so
+    that no float64 copy of the whole array is made."""
+    scaler.n_samples_seen_ = 0
+    step = block_rows(X.shape[1])
+    for start in range(0, max(len(X), 1), step):
+        scaler.partial_fit(X[start:start + step])
+    return scaler
 
 
 class NoScaler:

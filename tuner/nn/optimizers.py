@@ -74,6 +74,16 @@ class Nesterov(Momentum):
         p += tmp
 
 
+def _step_by_root(p, g, h, tmp, learning_rate: float, eps: float) -> None:
+    """p <- p - lr * g / (sqrt(h) + eps), in place through ``tmp``: the update AdaGrad and
+    RMSprop share (they differ in how ``h`` accumulates g^2)."""
+    np.sqrt(h, out=tmp)
+    tmp += eps
+    np.divide(g, tmp, out=tmp)
+    tmp *= learning_rate
+    p -= tmp
+
+
 class AdaGrad(Optimizer):
     """h <- h + g^2; p <- p - lr * g / (sqrt(h) + eps) (Duchi et al. 2011)."""
 
@@ -85,11 +95,7 @@ class AdaGrad(Optimizer):
         h, tmp = self._slots(key, p, ("h", "tmp"))
         np.multiply(g, g, out=tmp)
         h += tmp
-        np.sqrt(h, out=tmp)
-        tmp += self.eps
-        np.divide(g, tmp, out=tmp)
-        tmp *= self.learning_rate
-        p -= tmp
+        _step_by_root(p, g, h, tmp, self.learning_rate, self.eps)
 
 
 class RMSprop(Optimizer):
@@ -106,11 +112,7 @@ class RMSprop(Optimizer):
         np.multiply(g, g, out=tmp)
         tmp *= 1.0 - self.rho
         h += tmp
-        np.sqrt(h, out=tmp)
-        tmp += self.eps
-        np.divide(g, tmp, out=tmp)
-        tmp *= self.learning_rate
-        p -= tmp
+        _step_by_root(p, g, h, tmp, self.learning_rate, self.eps)
 
 
 class Adam(Optimizer):
