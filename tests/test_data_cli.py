@@ -70,8 +70,6 @@ CASES = {
                             "column 'city' is not numeric (e.g. "),
     "missing category": (lambda p: _csv(p, _people({(2, "city"): None})), "csv:",
                          "column 'city' has missing values in 1 row (first: row 2, counting from 0)"),
-    "csv without target key": (lambda p: _csv(p, people_table(), extra=""), "data.target",
-                               "data.target: is required for a csv: source: name the label column"),
     "not parquet": (lambda p: ((p / "d.parquet").write_text("a,b\n1,2\n"), _spec(p, "parquet:d.parquet", TARGET))[1],
                     "parquet:", "not a readable parquet file"),
     "npz without X": (lambda p: (np.savez(p / "d.npz", y=np.arange(4)), _spec(p, "npz:d.npz"))[1], "npz:",
@@ -92,8 +90,6 @@ CASES = {
                             "data.split", "data.split: fractions must sum to 1, got 0.9"),
     "unknown scheme": (lambda p: _spec(p, "hdf5:x.h5"), "hdf5:x.h5",
                        "unknown scheme 'hdf5'; known: sklearn:..., npz:..., csv:..., parquet:..., mnist:..."),
-    "unknown sklearn dataset": (lambda p: _spec(p, "sklearn:mnist"), "sklearn:mnist",
-                                "unknown scikit-learn dataset 'mnist'; known: sklearn:digits, sklearn:breast_cancer"),
     "imputing an empty column": (lambda p: _csv(p, people_table().assign(income=np.nan), extra=TARGET + '\nmissing = "mean"'),
                                  "csv:", "column 'income' has no value in the training split"),
 }

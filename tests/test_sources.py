@@ -11,6 +11,7 @@ import pytest
 
 from tuner.data import Dataset, Preprocessor, fingerprint, load_holdout_data, load_source, load_training_data, stratified_split
 from tuner.data.idx import IdxError, read_idx, write_idx
+from tuner.errors import DataError
 from tuner.spec import load_spec, parse_spec_dict
 
 FRACTIONS = {"train": 0.6, "validation": 0.2, "test": 0.2}
@@ -60,6 +61,12 @@ def test_bundled_sklearn_datasets(name, shape, classes, counts):
     assert dataset.classes == classes
     assert np.bincount(dataset.y).tolist() == counts
     assert len(dataset.feature_names) == shape[1] and dataset.test_rows is None
+
+
+def test_unknown_sklearn_dataset_lists_the_bundled_ones():
+    with pytest.raises(DataError, match="unknown scikit-learn dataset 'mnist'; known: sklearn:digits, "
+                                        "sklearn:breast_cancer, sklearn:wine, sklearn:iris"):
+        load_source("sklearn:mnist")
 
 
 def test_csv_with_string_labels_a_feature_subset_and_a_text_column(tmp_path):
