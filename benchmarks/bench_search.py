@@ -1,8 +1,9 @@
 """Does the default search (TPE + median pruning) beat plain random search without pruning?
 
 Over 5 seeds on digits, studies/digits.toml as it is (TPE, median pruner) and the same study
-with the random sampler and no pruner, side by side. For each, the best validation accuracy
-as a function of the epochs trained so far (summed over trials, in trial order). Per seed:
+with the random sampler and no pruner, side by side. Random search runs its 40 trials; TPE +
+pruning runs until it has trained as many epochs in total. For each, the best validation
+accuracy as a function of the epochs trained so far (summed over trials, in trial order). Per seed:
 ratio = (epochs TPE + pruning needed to reach random search's final best) / (epochs random
 search used); infinity if it never does. Random search draws from seeds 1000 + s, so that
 TPE's random startup trials (seed s) are not copies of its first trials. Prints one JSON object per seed, then a summary
@@ -44,7 +45,8 @@ def _curve(study: optuna.Study) -> list[tuple[int, float]]:
     return points
 
 
-def _study(resolved: dict, seed: int, n_trials: int, folder: Path, label: str) -> optuna.Study:
+def _study(resolved: dict, seed: int, n_trials: int, folder: Path, label: str,
+           epoch_budget: int | None = None) -> optuna.Study:
     raw = json.loads(json.dumps(resolved))
     raw["study"].update(name=f"{label}-{seed}", seed=seed, n_trials=n_trials)
     raw["data"]["seed"] = 0  # the same split for every run
@@ -54,7 +56,15 @@ def _study(resolved: dict, seed: int, n_trials: int, folder: Path, label: str) -
     data = load_training_data(spec.data)
     art = folder / f"{label}-{seed}-artifacts"
     study = create_or_resume(spec, storage, data, name=spec.name, seed=seed, artifact_dir=art)
-    run(study, spec, data, storage, get_artifact_store(art, create=True), n_trials=n_trials, seed=seed)
+    used = [0]
+
+    def stop_at_budget(running: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        used[0] += len(trial.intermediate_values)
+        if epoch_budget is not None and used[0] >= epoch_budget:
+            running.stop()
+
+    run(study, spec, data, storage, get_artifact_store(art, create=True), n_trials=n_trials, seed=seed,
+        on_trial=stop_at_budget)
     return study
 
 
@@ -71,11 +81,13 @@ def main() -> None:
     ratios, best_tpe, best_random = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            tpe_curve = _curve(_study(default, seed, args.trials, Path(tmp), "tpe"))
             # Another seed stream for random search: TPE's startup trials are random samples
             # from the same seed, and identical first trials would flatter the ratio.
             random_curve = _curve(_study(random, RANDOM_SEED_OFFSET + seed, args.trials, Path(tmp), "random"))
             target, random_epochs = random_curve[-1][1], random_curve[-1][0]
+            # TPE + pruning gets the same budget of epochs (pruned trials use fewer, so it runs
+            # more trials within it); the curve is best value against epochs for both.
+            tpe_curve = _curve(_study(default, seed, 10 * args.trials, Path(tmp), "tpe", epoch_budget=random_epochs))
             needed = next((e for e, b in tpe_curve if b >= target), math.inf)
             ratios.append(needed / random_epochs)
             best_tpe.append(tpe_curve[-1][1])

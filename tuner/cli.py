@@ -154,7 +154,7 @@ def _run_and_report(study, spec, data, storage, artifact_store, mode, **options)
     # failed by Optuna, finished trials stay, and `start` resumes later.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        studies.run(study, spec, data, storage, artifact_store, on_trial=lambda _t: progress.update(), **options)
+        studies.run(study, spec, data, storage, artifact_store, on_trial=lambda _study, _trial: progress.update(), **options)
     except KeyboardInterrupt:
         progress.close()
         _interrupted(study)

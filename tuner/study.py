@@ -190,7 +190,7 @@ def count_trials(study: optuna.Study) -> dict[str, int]:
 
 def run(study: optuna.Study, spec: StudySpec, data: TrainingData, storage, artifact_store, *,
         n_trials: int, seed: int, timeout: float | None = None,
-        on_trial: Callable[[FrozenTrial], None] | None = None) -> int:
+        on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
     """Run trials until the study holds ``n_trials`` complete or pruned trials (a study-wide
     total, however many processes run it; see :mod:`tuner.budget`), ``timeout`` seconds pass,
     or the study is sealed by a finalize (checked after every trial).
@@ -206,8 +206,8 @@ def run(study: optuna.Study, spec: StudySpec, data: TrainingData, storage, artif
     callbacks = [stop_if_sealed]
     if spec.resolved["study"]["stop_after_no_improvement"]:
         callbacks.append(stop_after_no_improvement(spec.resolved["study"]["stop_after_no_improvement"]))
-    if on_trial is not None:
-        callbacks.append(lambda _study, trial: on_trial(trial))
+    if on_trial is not None:  # an Optuna callback: it may call study.stop()
+        callbacks.append(on_trial)
     budgeted = BudgetedStudy(study, storage, n_trials)
     before = len(study.get_trials(deepcopy=False))
     try:
