@@ -115,10 +115,7 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed, w
     name = name or spec.name
     seed = spec.seed if seed is None else seed
     n_trials = n_trials or spec.n_trials
-    folder = storage_module.artifact_dir(url, artifact_dir, studies.recorded_attr(storage, name, studies.ARTIFACT_DIR_ATTR))
-    artifact_store = get_artifact_store(folder, create=True)
-    data = load_training_data(spec.data)
-    study = studies.create_or_resume(spec, storage, data, name=name, seed=seed, artifact_dir=folder)
+    study, data, folder, artifact_store = _create_or_resume(spec, url, storage, artifact_dir, name=name, seed=seed)
     mode = _mode(quiet, json_lines)
     if mode == "lines":
         click.echo(f"study {name!r}: {len(data.y_train)} training and {len(data.y_validation)} "
@@ -145,6 +142,42 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed, w
         _interrupted(study)
     if code:
         sys.exit(code)
+
+
+def _create_or_resume(spec, url, storage, artifact_dir, *, name, seed):
+    """The study ``name`` of ``spec``, created or resumed, with its training data, artifact
+    folder and artifact store (``--artifact-dir``, else the folder the study recorded)."""
+    folder = storage_module.artifact_dir(url, artifact_dir, studies.recorded_attr(storage, name, studies.ARTIFACT_DIR_ATTR))
+    artifact_store = get_artifact_store(folder, create=True)
+    data = load_training_data(spec.data)
+    study = studies.create_or_resume(spec, storage, data, name=name, seed=seed, artifact_dir=folder)
+    return study, data, folder, artifact_store
+
+
+@study.command()
+@click.argument("spec_path", metavar="SPEC")
+@storage_option
+@artifact_option
+@click.option("--name", default=None, callback=_check_name, help="Study name; default the spec's study.name.")
+def create(spec_path, storage_url, artifact_dir, name) -> None:
+    """Create the study of SPEC (and the database schema) without running trials.
+
+    Workers then join it with `tuner study worker NAME`. Running it again with the same spec
+    and data changes nothing and exits 0; a sealed study, other data or another spec exit 2.
+    """
+    spec = load_spec(spec_path)
+    url = resolve_storage_url(storage_url)
+    storage = get_storage(url)
+    name = name or spec.name
+    existed = studies.recorded_attr(storage, name, studies.FINGERPRINT_ATTR) is not None
+    study, data, folder, _store = _create_or_resume(spec, url, storage, artifact_dir, name=name, seed=spec.seed)
+    if existed:
+        click.echo(f"study {name!r} exists with this spec and data ({_format_counts(studies.count_trials(study))}); "
+                   "nothing to do")
+        return
+    click.echo(f"study {name!r} created in {storage_module.mask_url(url)}: {len(data.y_train)} training and "
+               f"{len(data.y_validation)} validation rows, {spec.n_trials} trials to run, artifacts in {folder}; "
+               f"run them with `tuner study worker {name}`")
 
 
 def _run_and_report(study, spec, data, storage, artifact_store, mode, **options) -> None:
