@@ -80,7 +80,10 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_
     assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 8
     assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == stale.number]
-    assert len(retries) == 1 and retries[0].params == stale.params and retries[0].state.is_finished()
+    # The retry keeps every parameter the killed trial had suggested (a trial killed early
+    # may not have suggested them all yet).
+    assert len(retries) == 1 and retries[0].state.is_finished()
+    assert stale.params and retries[0].params.items() >= stale.params.items()
     for number, value in finished_before.items():  # no finished trial lost or changed
         assert trials[number].value == value
 
