@@ -144,7 +144,9 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.RDBStorage, data:
             f"now give {data.fingerprint}; resume with the original data or start a new study with --name"
         )
     else:
-        changed = spec_changes(study.user_attrs[SPEC_ATTR], spec.resolved)
+        # Parsed again so that keys added to the spec format since (with their defaults) do
+        # not count as changes.
+        changed = spec_changes(parse_spec_dict(study.user_attrs[SPEC_ATTR]).resolved, spec.resolved)
         if changed:
             raise StudyRefused(
                 f"study {name!r} was created with a different spec ({', '.join(changed)} changed); "
