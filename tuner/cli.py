@@ -22,7 +22,6 @@ from optuna.exceptions import StorageInternalError
 from tuner import dashboard as dashboard_module
 from tuner import export as export_module
 from tuner import holdout
-from tuner import report as report_module
 from tuner import study as studies
 from tuner.data import inspect as data_inspect
 from tuner.data import load_training_data
@@ -347,6 +346,8 @@ def finalize(name, storage_url, artifact_dir, recover) -> None:
 def report(name, storage_url, out_dir) -> None:
     """Write an offline HTML report of study NAME and its figures as PNG files."""
     storage = get_storage(resolve_storage_url(storage_url))
+    from tuner import report as report_module  # plotting and importance libraries: 0.7 s to import
+
     written = report_module.write_report(studies.load(storage, name), storage, out_dir)
     for title, note in written.skipped.items():
         click.echo(f"{title}: {note}")
