@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 import pandas as pd
@@ -53,15 +54,29 @@ BAD_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("text,message", BAD_SPECS, ids=[m.split(":")[0] for _, m in BAD_SPECS])
-def test_bad_spec_exits_2_with_one_line_naming_the_key(tmp_path, text, message):
-    (tmp_path / "bad.toml").write_text(text)
-    result = run_tuner("study", "start", "bad.toml", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def bad_spec_results(tmp_path_factory) -> list:
+    """Each bad spec run through `tuner study start` in its own process, four at a time
+    (most of each process's time is spent importing)."""
+    folders = []
+    for i, (text, _) in enumerate(BAD_SPECS):
+        folder = tmp_path_factory.mktemp(f"bad-spec-{i}")
+        (folder / "bad.toml").write_text(text)
+        folders.append(folder)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda folder: run_tuner("study", "start", "bad.toml", cwd=folder), folders))
+    return list(zip(folders, results))
+
+
+@pytest.mark.parametrize("index", range(len(BAD_SPECS)), ids=[m.split(":")[0] for _, m in BAD_SPECS])
+def test_bad_spec_exits_2_with_one_line_naming_the_key(bad_spec_results, index):
+    message = BAD_SPECS[index][1]
+    folder, result = bad_spec_results[index]
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert result.stderr.startswith("tuner: error: bad.toml: ") or "TOML" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert not (tmp_path / "tuner.db").exists()  # nothing created
+    assert not (folder / "tuner.db").exists()  # nothing created
 
 
 def _run_in_process(tmp_path, spec_text, name="s"):

@@ -90,8 +90,12 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_
 
 def test_four_workers_on_one_sqlite_file_200_trials_without_lock_errors(tmp_path):
     spec = write_spec(tmp_path, n_trials=200, epochs=1)
+    # Short trials: random sampling, no pruning, no per-trial plots; the database is the load.
     spec.write_text(spec.read_text().replace("low = 16, high = 64", "low = 4, high = 8")
-                    .replace("choices = [32, 64]", "choices = [512]"))
+                    .replace("choices = [32, 64]", "choices = [512]").replace('name = "tpe"', 'name = "random"')
+                    .replace("n_startup_trials = 3\n", "", 1).replace('name = "median"', 'name = "none"')
+                    .replace("n_startup_trials = 2\nn_warmup_steps = 2\n", "")
+                    .replace("seed = 0\n", "seed = 0\ntrial_plots = false\n", 1))
     url = f"sqlite:///{tmp_path / 's.db'}"
     result = run_tuner("study", "start", str(spec), "--storage", url, "--workers", "4", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

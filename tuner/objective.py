@@ -142,12 +142,15 @@ class Objective:
 
     def _record_learning(self, trial: optuna.Trial, hp: dict, losses: list[float], scores: list[float],
                          init_stats: list[dict]) -> None:
-        """Per-epoch user attributes and the two PNG artifacts of a finished trial."""
+        """Per-epoch user attributes and (unless ``study.trial_plots = false``) the two PNG
+        artifacts of a finished trial."""
         # Drawn once per trial, when it finishes: per-epoch drawing would dominate a trial's time.
         from tuner.plots import draw_activation_histograms, draw_learning_curves
 
         trial.set_user_attr(TRAINING_LOSS_ATTR, [float(f"{x:.6g}") for x in losses])
         trial.set_user_attr(VALIDATION_ACCURACY_ATTR, [float(f"{x:.6g}") for x in scores])
+        if not self.spec.resolved["study"]["trial_plots"]:
+            return
         n = trial.number
         with tempfile.TemporaryDirectory() as tmp:
             curve = draw_learning_curves({f"trial {n}": (losses, scores)}, Path(tmp) / f"trial-{n}-learning-curve.png",

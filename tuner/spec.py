@@ -55,7 +55,7 @@ SCALINGS = ("standard", "minmax", "none")
 #: ``study.seed``.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "study": {"name": None, "metric": "accuracy", "n_trials": 40, "seed": 0,
-              "stop_after_no_improvement": None},
+              "stop_after_no_improvement": None, "trial_plots": True},
     "data": {
         "source": None,
         "target": None,
@@ -364,6 +364,7 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     _choice(study, "metric", "study", METRICS)
     _int(study, "n_trials", "study", 1)
     _int(study, "seed", "study", 0, MAX_SEED)
+    _bool(study, "trial_plots", "study")
     if study["stop_after_no_improvement"] is not None:
         _int(study, "stop_after_no_improvement", "study", 1)
 
