@@ -182,9 +182,11 @@ def create(spec_path, storage_url, artifact_dir, name) -> None:
 def _run_and_report(study, spec, data, storage, artifact_store, mode, **options) -> None:
     t0 = time.perf_counter()
     progress = Progress(study, options["n_trials"], mode)
-    # SIGTERM (a scheduler, `kill`) stops the run like Ctrl-C: the running trial is marked
-    # failed by Optuna, finished trials stay, and `start` resumes later.
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # SIGINT (Ctrl-C) and SIGTERM (a scheduler, `kill`) stop the run: the running trial is
+    # marked failed by Optuna, finished trials stay, and `start` resumes later. Both handlers
+    # are set here because a process started in the background of a script inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt.
+    previous = {s: signal.signal(s, _raise_keyboard_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         studies.run(study, spec, data, storage, artifact_store, on_trial=lambda _study, _trial: progress.update(), **options)
     except KeyboardInterrupt:
@@ -192,7 +194,8 @@ def _run_and_report(study, spec, data, storage, artifact_store, mode, **options)
         _interrupted(study)
         sys.exit(INTERRUPTED)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         progress.close()
     if mode != "lines":
         return
