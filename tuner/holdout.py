@@ -71,8 +71,14 @@ Z_95 = 1.959963984540054
 PAUSE_AFTER_CLAIM_ENV = "TUNER_FAULT_PAUSE_AFTER_CLAIM_S"
 
 
+_tables_created: set[int] = set()
+
+
 def _engine(storage: optuna.storages.RDBStorage) -> sa.Engine:
-    metadata.create_all(storage.engine, checkfirst=True)
+    # Once per engine: workers ask whether the study is sealed after every trial.
+    if id(storage.engine) not in _tables_created:
+        metadata.create_all(storage.engine, checkfirst=True)
+        _tables_created.add(id(storage.engine))
     return storage.engine
 
 

@@ -62,6 +62,8 @@ class Progress:
                         disable=True if mode != "lines" else None, file=sys.stderr, leave=False)
 
     def update(self) -> None:
+        if self.mode == "quiet":  # nothing to show: spare the database a full read per trial
+            return
         trials = self.study.get_trials(deepcopy=False)
         for t in trials:
             if t.state.is_finished() and t.number not in self._seen:
