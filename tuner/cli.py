@@ -64,7 +64,9 @@ def output_options(command):
 @click.version_option(package_name="tuner")
 def cli() -> None:
     """tuner: hyperparameter tuning of NumPy BN-MLPs with a locked test evaluation."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # tuner prints its own line per trial, failed ones included; Optuna's warnings would add a
+    # traceback for every trial stopped by Ctrl-C or SIGTERM.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     # Heartbeats, their retry callback and artifacts are experimental in Optuna; we rely on them.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
