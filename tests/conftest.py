@@ -56,12 +56,39 @@ def write_spec(folder: Path, *, name: str = "tiny", n_trials: int = 4, epochs: i
     return path
 
 
-def run_tuner(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``tuner ARGS`` as a real process (``python -m tuner``), capturing text output."""
+def _tuner_env(env: dict | None) -> dict:
+    """This process's environment without TUNER_* settings, plus ``env``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, env=full_env,
+    return full_env
+
+
+def run_tuner(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``tuner ARGS`` as a real process (``python -m tuner``), capturing text output."""
+    return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, env=_tuner_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def popen_tuner(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``tuner ARGS`` as a real process with text pipes; stop it with :func:`stop_process`."""
+    return subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=cwd, env=_tuner_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop_process(proc: subprocess.Popen | None, *, terminate: bool = True) -> None:
+    """Leave no process running: SIGTERM (or, with ``terminate=False``, SIGKILL at once), then
+    SIGKILL after 10 s; the pipes are drained."""
+    if proc is None or proc.poll() is not None:
+        return
+    if terminate:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.communicate()
 
 
 def _postgres_url() -> str | None:

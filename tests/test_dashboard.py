@@ -29,7 +29,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import REPO, run_tuner, write_spec
+from conftest import REPO, run_tuner, stop_process, write_spec
 from tuner.dashboard import READ_ONLY_REASON, is_loopback, resolve_read_only
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -99,14 +99,7 @@ def dashboard(storage_url: str, cwd: Path, *extra: str):
             time.sleep(0.2)
         yield base, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        stop_process(proc)
 
 
 def _study_id(base: str, name: str) -> int:

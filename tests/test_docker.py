@@ -26,7 +26,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import REPO, _drop_studies, _postgres_url, run_tuner, write_spec
+from conftest import REPO, _drop_studies, _postgres_url, run_tuner, stop_process, write_spec
 from tuner.cli import cli
 from tuner.dashboard import resolve_read_only
 from tuner.holdout import get_record
@@ -541,9 +541,7 @@ def test_compose_job_runs_as_local_processes(tmp_path, postgres_url, study_name)
             outputs.append(proc.communicate(timeout=150))
     finally:
         for proc in workers:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            stop_process(proc, terminate=False)
     assert [p.returncode for p in workers] == [0, 0], [err for _out, err in outputs]
     # A worker prints the study's trials finished since its last one, its own and the other's.
     printed = {int(line.split()[1]) for out, _err in outputs for line in out.splitlines() if line.startswith("trial ")}
@@ -587,10 +585,5 @@ def test_compose_job_runs_as_local_processes(tmp_path, postgres_url, study_name)
         names = [s["study_name"] for s in json.loads(body)["study_summaries"]]
         assert study_name in names
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop_process(proc)
     assert proc.returncode is not None

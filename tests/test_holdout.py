@@ -4,21 +4,17 @@ Real processes on a real SQLite file and on PostgreSQL."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import optuna
-import pytest
 import sqlalchemy as sa
 
 from tuner.data import load_source
 from tuner.holdout import PAUSE_AFTER_CLAIM_ENV, get_record, holdout_table
 
-from conftest import run_tuner, write_spec
+from conftest import popen_tuner, run_tuner, write_spec
 
 
 def _start(tmp_path, url, name, spec=None):
@@ -27,13 +23,6 @@ def _start(tmp_path, url, name, spec=None):
                        "--artifact-dir", str(tmp_path / "artifacts"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return spec
-
-
-def _popen(args, cwd, env=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
-    full_env.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=cwd, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _rows(url, name) -> int:
@@ -56,7 +45,7 @@ def _record(url, name):
 
 def test_eight_concurrent_finalize_calls_give_exactly_one_record(tmp_path, storage_url, study_name):
     _start(tmp_path, storage_url, study_name)
-    procs = [_popen(["study", "finalize", study_name, "--storage", storage_url], tmp_path) for _ in range(8)]
+    procs = [popen_tuner("study", "finalize", study_name, "--storage", storage_url, cwd=tmp_path) for _ in range(8)]
     results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0] + [2] * 7, [r[2] for r in results]
@@ -73,8 +62,8 @@ def test_killed_finalize_is_completed_by_recover_with_the_clean_numbers(tmp_path
     _start(tmp_path, storage_url, crashed, spec)
     assert run_tuner("study", "finalize", clean, "--storage", storage_url, cwd=tmp_path).returncode == 0
 
-    proc = _popen(["study", "finalize", crashed, "--storage", storage_url], tmp_path,
-                  env={PAUSE_AFTER_CLAIM_ENV: "60"})
+    proc = popen_tuner("study", "finalize", crashed, "--storage", storage_url, cwd=tmp_path,
+                       env={PAUSE_AFTER_CLAIM_ENV: "60"})
     deadline = time.monotonic() + 60
     while _rows(storage_url, crashed) == 0:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
@@ -89,7 +78,8 @@ def test_killed_finalize_is_completed_by_recover_with_the_clean_numbers(tmp_path
     sealed = run_tuner("study", "start", str(spec), "--storage", storage_url, "--name", crashed, cwd=tmp_path)
     assert sealed.returncode == 2 and "is sealed" in sealed.stderr
 
-    recovers = [_popen(["study", "finalize", crashed, "--storage", storage_url, "--recover"], tmp_path) for _ in range(3)]
+    recovers = [popen_tuner("study", "finalize", crashed, "--storage", storage_url, "--recover", cwd=tmp_path)
+                for _ in range(3)]
     codes = sorted(p.wait(timeout=120) for p in recovers)
     assert codes == [0, 2, 2], [p.stderr.read() for p in recovers]
     assert _rows(storage_url, crashed) == 1
@@ -128,7 +118,7 @@ def test_changed_weights_or_data_are_refused_by_finalize_and_recover(tmp_path):
 
     # A claim left by a killed process; then the same checks on --recover.
     np.savez(tmp_path / "d.npz", X=X, y=y)
-    proc = _popen(["study", "finalize", "s", "--storage", url], tmp_path, env={PAUSE_AFTER_CLAIM_ENV: "60"})
+    proc = popen_tuner("study", "finalize", "s", "--storage", url, cwd=tmp_path, env={PAUSE_AFTER_CLAIM_ENV: "60"})
     while _rows(url, "s") == 0:
         assert proc.poll() is None
         time.sleep(0.05)
@@ -156,7 +146,7 @@ def _best_artifact(url, name):
 def test_a_running_worker_stops_once_the_study_is_sealed(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     _start(tmp_path, url, "s")
-    worker = _popen(["study", "worker", "s", "--storage", url, "--n-trials", "500"], tmp_path)
+    worker = popen_tuner("study", "worker", "s", "--storage", url, "--n-trials", "500", cwd=tmp_path)
     deadline = time.monotonic() + 60
     while len(optuna.load_study(study_name="s", storage=url).get_trials()) < 5:
         assert worker.poll() is None and time.monotonic() < deadline

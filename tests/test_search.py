@@ -4,10 +4,7 @@ search spaces, samplers and pruners, and the CLI)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,11 +15,11 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from tuner.data import load_training_data
-from tuner.spec import PRUNERS, SAMPLERS, load_spec, parse_spec_dict
+from tuner.spec import PRUNERS, SAMPLERS, load_spec
 from tuner.storage import get_artifact_store, get_storage
 from tuner.study import create_or_resume, run, stop_after_no_improvement
 
-from conftest import REPO, run_tuner, write_spec
+from conftest import REPO, popen_tuner, run_tuner, stop_process, write_spec
 
 BASE = '[data]\nsource = "sklearn:digits"\n'
 BAD_SPECS = [
@@ -185,12 +182,6 @@ def test_stop_after_no_improvement_from_the_spec(tmp_path):
     assert len([t for t in trials if t.number > best.number]) == 3
 
 
-def _spawn(args, cwd):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
-    return subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_mid_trial_leaves_no_running_trial_and_start_resumes(tmp_path, signum):
     spec = write_spec(tmp_path, n_trials=4, epochs=150)
@@ -198,7 +189,7 @@ def test_interrupt_mid_trial_leaves_no_running_trial_and_start_resumes(tmp_path,
     spec.write_text(spec.read_text().replace('name = "median"\nn_startup_trials = 2\nn_warmup_steps = 2\n',
                                              'name = "none"\n'))
     url = f"sqlite:///{tmp_path / 's.db'}"
-    proc = _spawn(["study", "start", str(spec), "--storage", url], tmp_path)
+    proc = popen_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -214,9 +205,7 @@ def test_interrupt_mid_trial_leaves_no_running_trial_and_start_resumes(tmp_path,
         proc.send_signal(signum)
         assert proc.wait(timeout=60) == 130
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, terminate=False)
     stderr = proc.stderr.read()
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1].startswith("tuner: interrupted: ")

@@ -3,17 +3,13 @@ heartbeats and retries of a killed worker's trial, SQLite under four writers."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
-from conftest import run_tuner, write_spec
+from conftest import popen_tuner, run_tuner, stop_process, write_spec
 
 
 def _trials(url, name):
@@ -39,18 +35,12 @@ def test_three_workers_finish_exactly_the_study_total(tmp_path, storage_url, stu
     assert len({line.split()[1] for line in result.stdout.splitlines() if line.startswith("trial ")}) == 30
 
 
-def _popen_worker(name, url, tmp_path, *args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
-    return subprocess.Popen([sys.executable, "-m", "tuner", "study", "worker", name, "--storage", url, *args],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_path, storage_url, study_name):
     spec = write_spec(tmp_path, n_trials=1, epochs=40)
     hb = ["--heartbeat-interval", "1", "--grace-period", "3"]
     created = run_tuner("study", "start", str(spec), "--storage", storage_url, "--name", study_name, *hb, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
-    victim = _popen_worker(study_name, storage_url, tmp_path, "--n-trials", "8", *hb)
+    victim = popen_tuner("study", "worker", study_name, "--storage", storage_url, "--n-trials", "8", *hb, cwd=tmp_path)
     survivor = None
     try:
         deadline = time.monotonic() + 60
@@ -64,7 +54,8 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_
         victim.wait(timeout=10)
         killed_at = time.monotonic()
         stale = next(t for t in _trials(storage_url, study_name) if t.state == TrialState.RUNNING)
-        survivor = _popen_worker(study_name, storage_url, tmp_path, "--n-trials", "8", *hb)
+        survivor = popen_tuner("study", "worker", study_name, "--storage", storage_url, "--n-trials", "8", *hb,
+                               cwd=tmp_path)
         while _trials(storage_url, study_name)[stale.number].state == TrialState.RUNNING:
             assert time.monotonic() - killed_at < 3 + 15, "the stale trial was not failed"
             time.sleep(0.1)
@@ -72,9 +63,7 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_
         assert survivor.wait(timeout=240) == 0, survivor.stderr.read()
     finally:
         for p in (victim, survivor):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+            stop_process(p, terminate=False)
     trials = _trials(storage_url, study_name)
     counts = _by_state(trials)
     assert trials[stale.number].state == TrialState.FAIL

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
