@@ -3,7 +3,9 @@
 Optuna's ``MaxTrialsCallback`` stops a worker after the count is reached, so several workers
 overshoot it by up to one trial each. Here a worker may create a trial only while holding a
 study-wide lock and only while fewer than ``n_trials`` trials are complete, pruned or running
-(a waiting trial, such as the retry of a killed worker's trial, is always taken). The lock is
+(a waiting trial, such as the retry of a killed worker's trial, is always taken). When running
+trials hold the rest of the budget and heartbeats are on, a worker waits for them to finish
+or to be failed as stale (a killed worker's trial) rather than leave its retry unrun. The lock is
 ``pg_advisory_xact_lock`` on PostgreSQL and an ``flock`` on a file beside a SQLite database.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import time
 from collections.abc import Iterator
 
 import optuna
@@ -67,10 +70,19 @@ class BudgetedStudy(optuna.Study):
         self._budget_storage, self.n_trials = storage, n_trials
 
     def ask(self, fixed_distributions=None) -> optuna.Trial:
-        with study_lock(self._budget_storage, self.study_name):
-            counts = count_states(self._budget_storage, self._study_id)
-            waiting = counts.get(TrialState.WAITING.name, 0)
-            used = sum(counts.get(s.name, 0) for s in BUDGET_STATES)
-            if not waiting and used >= self.n_trials:
-                raise BudgetExhausted(f"{used} of {self.n_trials} trials complete, pruned or running")
-            return super().ask(fixed_distributions)
+        storage = self._budget_storage
+        while True:
+            with study_lock(storage, self.study_name):
+                counts = count_states(storage, self._study_id)
+                waiting = counts.get(TrialState.WAITING.name, 0)
+                used = sum(counts.get(s.name, 0) for s in BUDGET_STATES)
+                if waiting or used < self.n_trials:
+                    return super().ask(fixed_distributions)
+                finished = used - counts.get(TrialState.RUNNING.name, 0)
+                interval = storage.get_heartbeat_interval()
+                if finished >= self.n_trials or interval is None:
+                    raise BudgetExhausted(f"{used} of {self.n_trials} trials complete, pruned or running")
+            # Running trials hold the rest of the budget. One may belong to a killed worker:
+            # wait, fail the stale ones (their retries come back as WAITING), and look again.
+            time.sleep(interval)
+            optuna.storages.fail_stale_trials(self)
