@@ -103,8 +103,9 @@ def draw_activation_histograms(stats_by_label: Mapping[str, Sequence[dict]], pat
                 continue
             layer = stats[col]
             counts, edges = layer["histogram"]["counts"], layer["histogram"]["edges"]
-            widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
-            ax.bar(edges[:-1], counts, width=widths, align="edge")
+            # One filled step artist, not a bar per bin: 50 Rectangle patches per axes
+            # made the figure several times slower to draw.
+            ax.stairs(counts, edges, fill=True)
             top = count_limit(counts)
             if top is not None:
                 ax.set_ylim(0, top)
