@@ -97,7 +97,8 @@ def _check_finite(ctx, param, value):
 @artifact_option
 @click.option("--name", default=None, callback=_check_name, help="Study name; default the spec's study.name.")
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
-              help="Study-wide total of complete and pruned trials; default the spec's study.n_trials.")
+              help="Study-wide total of complete and pruned trials; default the spec's study.n_trials. "
+                   "Recorded on the study for workers that join it.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, callback=_check_finite,
               help="Stop starting new trials after this many seconds.")
 @click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=None,
@@ -115,8 +116,8 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed, w
     storage = get_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     name = name or spec.name
     seed = spec.seed if seed is None else seed
-    n_trials = n_trials or spec.n_trials
     study, data, folder, artifact_store = _create_or_resume(spec, url, storage, artifact_dir, name=name, seed=seed)
+    n_trials = studies.total_trials(study, spec, n_trials or spec.n_trials)
     mode = _mode(quiet, json_lines)
     if mode == "lines":
         click.echo(f"study {name!r}: {len(data.y_train)} training and {len(data.y_validation)} "
@@ -242,7 +243,8 @@ def _echo_best(study, spec) -> None:
 @storage_option
 @artifact_option
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
-              help="Study-wide total of complete and pruned trials; default the study's spec.")
+              help="Study-wide total of complete and pruned trials, recorded on the study; default the "
+                   "total recorded by the latest start or worker --n-trials.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, callback=_check_finite,
               help="Stop starting new trials after this many seconds.")
 @click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=None,
@@ -263,7 +265,8 @@ def worker(name, storage_url, artifact_dir, n_trials, timeout, seed, worker_inde
     if mode == "lines":
         click.echo(f"worker joined study {name!r}: {len(data.y_train)} training and "
                    f"{len(data.y_validation)} validation rows")
-    _run_and_report(study, spec, data, storage, artifact_store, mode, n_trials=n_trials or spec.n_trials,
+    _run_and_report(study, spec, data, storage, artifact_store, mode,
+                    n_trials=studies.total_trials(study, spec, n_trials),
                     seed=spec.seed if seed is None else seed, timeout=timeout)
 
 

@@ -22,6 +22,9 @@ from tuner.spec import StudySpec, parse_spec_dict
 SPEC_ATTR = "spec"
 FINGERPRINT_ATTR = "data_fingerprint"
 ARTIFACT_DIR_ATTR = "artifact_dir"
+#: The study-wide total set by the latest ``start`` (its ``--n-trials``, else its spec's
+#: ``study.n_trials``) or ``worker --n-trials``; workers without ``--n-trials`` use it.
+N_TRIALS_ATTR = "n_trials"
 
 
 def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -180,6 +183,16 @@ def join(storage: optuna.storages.RDBStorage, name: str, *, seed: int | None = N
     study.sampler = make_sampler(spec, sampler_seed(seed, len(study.get_trials(deepcopy=False)), worker))
     study.pruner = make_pruner(spec)
     return study, spec, data
+
+
+def total_trials(study: optuna.Study, spec: StudySpec, total: int | None = None) -> int:
+    """The study-wide total of complete and pruned trials: ``total`` if given (recorded on the
+    study for later workers), else the recorded total, else the spec's ``study.n_trials``."""
+    if total is None:
+        return study.user_attrs.get(N_TRIALS_ATTR) or spec.n_trials
+    if study.user_attrs.get(N_TRIALS_ATTR) != total:
+        study.set_user_attr(N_TRIALS_ATTR, total)
+    return total
 
 
 def count_trials(study: optuna.Study) -> dict[str, int]:
