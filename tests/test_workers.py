@@ -7,6 +7,7 @@ import signal
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from conftest import popen_tuner, run_tuner, stop_process, write_spec
@@ -35,12 +36,18 @@ def test_three_workers_finish_exactly_the_study_total(tmp_path, storage_url, stu
     assert len({line.split()[1] for line in result.stdout.splitlines() if line.startswith("trial ")}) == 30
 
 
-def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_path, storage_url, study_name):
+@pytest.mark.parametrize(("total", "grace"), [(8, 3), (2, 8)], ids=["budget-left", "last-slot"])
+def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_path, storage_url, study_name,
+                                                                            total, grace):
+    """With ``total = 2`` the killed trial holds the last slot of the budget, and the grace
+    period outlasts the survivor's start: the survivor finds the budget full of running trials
+    and must wait, fail the stale trial and run its retry."""
     spec = write_spec(tmp_path, n_trials=1, epochs=40)
-    hb = ["--heartbeat-interval", "1", "--grace-period", "3"]
+    hb = ["--heartbeat-interval", "1", "--grace-period", str(grace)]
     created = run_tuner("study", "start", str(spec), "--storage", storage_url, "--name", study_name, *hb, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
-    victim = popen_tuner("study", "worker", study_name, "--storage", storage_url, "--n-trials", "8", *hb, cwd=tmp_path)
+    victim = popen_tuner("study", "worker", study_name, "--storage", storage_url, "--n-trials", str(total), *hb,
+                         cwd=tmp_path)
     survivor = None
     try:
         deadline = time.monotonic() + 60
@@ -54,10 +61,10 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_
         victim.wait(timeout=10)
         killed_at = time.monotonic()
         stale = next(t for t in _trials(storage_url, study_name) if t.state == TrialState.RUNNING)
-        survivor = popen_tuner("study", "worker", study_name, "--storage", storage_url, "--n-trials", "8", *hb,
+        survivor = popen_tuner("study", "worker", study_name, "--storage", storage_url, "--n-trials", str(total), *hb,
                                cwd=tmp_path)
         while _trials(storage_url, study_name)[stale.number].state == TrialState.RUNNING:
-            assert time.monotonic() - killed_at < 3 + 15, "the stale trial was not failed"
+            assert time.monotonic() - killed_at < grace + 15, "the stale trial was not failed"
             time.sleep(0.1)
         failed_after = time.monotonic() - killed_at
         assert survivor.wait(timeout=240) == 0, survivor.stderr.read()
@@ -67,8 +74,8 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_
     trials = _trials(storage_url, study_name)
     counts = _by_state(trials)
     assert trials[stale.number].state == TrialState.FAIL
-    assert failed_after < 3 + 15
-    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 8
+    assert failed_after < grace + 15
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == total
     assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == stale.number]
     # The retry runs again with the killed trial's parameters.
@@ -76,6 +83,33 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(tmp_
     assert stale.params and retries[0].params == stale.params
     for number, value in finished_before.items():  # no finished trial lost or changed
         assert trials[number].value == value
+
+
+def test_the_total_set_by_n_trials_is_kept_by_later_workers_and_runs(tmp_path):
+    url = f"sqlite:///{tmp_path / 'total.db'}"
+    spec = write_spec(tmp_path, n_trials=1, epochs=1)
+
+    def finished():
+        return sum(t.state.is_finished() for t in _trials(url, "tiny"))
+
+    assert run_tuner("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    # The timeout ends this worker after its first trial; the total it set is 3, not the spec's 1.
+    first = run_tuner("study", "worker", "tiny", "--storage", url, "--n-trials", "3", "--timeout", "0.001",
+                      cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert finished() == 1
+    later = run_tuner("study", "worker", "tiny", "--storage", url, cwd=tmp_path)
+    assert later.returncode == 0, later.stderr
+    assert finished() == 3
+    # A start without --n-trials sets the spec's total again (1): nothing more to run, and a
+    # later worker keeps to it.
+    resumed = run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert run_tuner("study", "worker", "tiny", "--storage", url, cwd=tmp_path).returncode == 0
+    assert finished() == 3
+    raised = run_tuner("study", "start", str(spec), "--storage", url, "--n-trials", "4", cwd=tmp_path)
+    assert raised.returncode == 0, raised.stderr
+    assert finished() == 4
 
 
 def test_four_workers_on_one_sqlite_file_200_trials_without_lock_errors(tmp_path):
