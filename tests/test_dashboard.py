@@ -160,6 +160,8 @@ def test_read_only_dashboard_refuses_every_write_and_the_study_remains(finalized
             assert json.loads(reply)["reason"] == READ_ONLY_REASON
         detail = _get_json(f"{base}/api/studies/{study_id}")
         assert detail["name"] == finalized["name"] and detail["note"] == note_before
+        page = _request(f"{base}/dashboard/studies/{study_id}")[1].decode()
+        assert page.count('id="tuner-read-only"') == 1 and page.index("tuner-read-only") < page.index("</body>")
         assert [s["study_name"] for s in _get_json(f"{base}/api/studies")["study_summaries"]] == [finalized["name"]]
     after = optuna.load_study(study_name=finalized["name"], storage=finalized["url"])
     assert len(after.trials) == N_TRIALS and after.trials[0].state == study.trials[0].state
@@ -172,6 +174,7 @@ def test_writable_dashboard_deletes_so_the_refusal_is_the_read_only_guard(finali
     url = f"sqlite:///{tmp_path / 'copy.db'}"
     with dashboard(url, tmp_path, "--artifact-dir", str(tmp_path / "no-artifacts")) as (base, _proc):
         study_id = _study_id(base, finalized["name"])
+        assert "tuner-read-only" not in _request(f"{base}/dashboard")[1].decode()
         status, _ = _request(f"{base}/api/studies/{study_id}", "DELETE", {"remove_associated_artifacts": False})
         assert status == 204
         assert _get_json(f"{base}/api/studies")["study_summaries"] == []
@@ -301,7 +304,7 @@ def test_browser_renders_dashboard_and_report(finalized):
         static = _request(f"{base}/dashboard/studies/{study_id}")[1].decode()
         assert finalized["name"] not in static  # so a name in the DOM was rendered by the React app
         dom = _render(chromium, f"{base}/dashboard/studies/{study_id}", SCREENSHOT_DIR / "dashboard-study.png")
-        assert finalized["name"] in dom
+        assert finalized["name"] in dom and "Read-only dashboard" in dom
         dom = _render(chromium, f"{base}/dashboard/studies/{study_id}/note", SCREENSHOT_DIR / "dashboard-note.png")
         assert "Locked test evaluation" in dom
     report = _report(finalized) / "report.html"

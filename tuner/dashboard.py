@@ -111,21 +111,54 @@ def resolve_read_only(host: str, read_only: bool) -> tuple[bool, str | None]:
                   "without authentication, so it serves read-only")
 
 
+#: The notice a read-only dashboard adds to every HTML page, so that people know before a
+#: change is refused.
+READ_ONLY_BANNER = (
+    '<div id="tuner-read-only" style="position:fixed;bottom:0;left:0;right:0;z-index:9999;'
+    'padding:4px 8px;background:#fff3cd;color:#664d03;font:13px sans-serif;text-align:center">'
+    "Read-only dashboard: deleting, renaming, telling trials and editing notes are refused.</div>"
+)
+
+
 class ReadOnly:
     """WSGI middleware that passes GET and HEAD requests to ``app`` and refuses every other
     method with ``403 Forbidden`` and a JSON body ``{"reason": ...}`` (:data:`READ_ONLY_REASON`),
-    before ``app`` sees the request."""
+    before ``app`` sees the request. HTML pages get :data:`READ_ONLY_BANNER` before ``</body>``."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD", "GET").upper() in READ_METHODS:
-            return self.app(environ, start_response)
-        body = json.dumps({"reason": READ_ONLY_REASON}).encode()
-        start_response("403 Forbidden", [("Content-Type", "application/json"),
-                                          ("Content-Length", str(len(body)))])
+        if environ.get("REQUEST_METHOD", "GET").upper() not in READ_METHODS:
+            body = json.dumps({"reason": READ_ONLY_REASON}).encode()
+            start_response("403 Forbidden", [("Content-Type", "application/json"),
+                                              ("Content-Length", str(len(body)))])
+            return [body]
+        response = {}
+
+        def capture(status, headers, exc_info=None):
+            response.update(status=status, headers=headers)
+            return start_response(status, headers, exc_info) if not _is_html(headers) else None
+
+        chunks = self.app(environ, capture)
+        if not response:  # start_response is called on the first iteration
+            chunks = list(chunks)
+        if not _is_html(response["headers"]):
+            return chunks
+        try:
+            body = b"".join(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()
+        body = body.replace(b"</body>", READ_ONLY_BANNER.encode() + b"</body>", 1)
+        # The page is no longer the file its length, validators and byte ranges describe.
+        stale = ("content-length", "etag", "last-modified", "accept-ranges")
+        headers = [(k, v) for k, v in response["headers"] if k.lower() not in stale]
+        start_response(response["status"], [*headers, ("Content-Length", str(len(body)))])
         return [body]
+
+
+def _is_html(headers: list[tuple[str, str]]) -> bool:
+    return any(k.lower() == "content-type" and v.startswith("text/html") for k, v in headers)
 
 
 class StudiesArtifactStore:
