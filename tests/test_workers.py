@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import popen_tuner, run_tuner, stop_process, write_spec
+from tuner.storage import durable_begin, get_storage
 
 
 def _trials(url, name):
@@ -110,6 +111,22 @@ def test_the_total_set_by_n_trials_is_kept_by_later_workers_and_runs(tmp_path):
     raised = run_tuner("study", "start", str(spec), "--storage", url, "--n-trials", "4", cwd=tmp_path)
     assert raised.returncode == 0, raised.stderr
     assert finished() == 4
+
+
+def test_sqlite_syncs_at_checkpoints_but_the_holdout_records_at_once(tmp_path):
+    storage = get_storage(f"sqlite:///{tmp_path / 'sync.db'}")
+
+    def pragma(conn, name):
+        return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+    with storage.engine.connect() as conn:
+        assert pragma(conn, "journal_mode") == "wal"
+        assert pragma(conn, "synchronous") == 1  # NORMAL
+    with durable_begin(storage.engine) as conn:
+        assert pragma(conn, "synchronous") == 2  # FULL, for this transaction only
+        assert conn.in_transaction()
+    with storage.engine.connect() as conn:  # the same pooled connection, set back
+        assert pragma(conn, "synchronous") == 1
 
 
 def test_four_workers_on_one_sqlite_file_200_trials_without_lock_errors(tmp_path):

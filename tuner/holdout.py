@@ -39,6 +39,7 @@ from tuner.nn import MLP
 from tuner.nn.loss import log_softmax
 from tuner.objective import WEIGHTS_ARTIFACT_ATTR, WEIGHTS_SHA256_ATTR, sha256_file
 from tuner.spec import parse_spec_dict
+from tuner.storage import durable_begin
 
 metadata = sa.MetaData()
 holdout_table = sa.Table(
@@ -211,7 +212,7 @@ def _claim(engine: sa.Engine, name: str, best: optuna.trial.FrozenTrial, fingerp
            storage) -> int:
     """Insert the claim row; the caller owns the claim with ``recovery_count == 0``."""
     try:
-        with engine.begin() as conn:
+        with durable_begin(engine) as conn:
             conn.execute(holdout_table.insert().values(
                 study_name=name, claimed_at=datetime.now(timezone.utc), host=socket.gethostname(),
                 pid=os.getpid(), trial_number=best.number, artifact_id=best.user_attrs[WEIGHTS_ARTIFACT_ATTR],
@@ -226,7 +227,7 @@ def _claim(engine: sa.Engine, name: str, best: optuna.trial.FrozenTrial, fingerp
 def _take_over(engine: sa.Engine, record: dict) -> int:
     """Compare-and-swap the pending claim to this process; returns the new token."""
     token = record["recovery_count"] + 1
-    with engine.begin() as conn:
+    with durable_begin(engine) as conn:
         taken = conn.execute(holdout_table.update().where(
             holdout_table.c.study_name == record["study"], holdout_table.c.completed_at.is_(None),
             holdout_table.c.recovery_count == record["recovery_count"],
@@ -295,7 +296,7 @@ def finalize(study: optuna.Study, storage: optuna.storages.RDBStorage, artifact_
     holdout = load_holdout_data(spec.data)
     if holdout.fingerprint != expected_fp:
         if not recover:  # nothing was evaluated: release the claim so the data can be restored
-            with engine.begin() as conn:
+            with durable_begin(engine) as conn:
                 conn.execute(holdout_table.delete().where(
                     holdout_table.c.study_name == name, holdout_table.c.recovery_count == token,
                     holdout_table.c.completed_at.is_(None)))
@@ -316,7 +317,7 @@ def finalize(study: optuna.Study, storage: optuna.storages.RDBStorage, artifact_
         "versions": {"tuner": tuner.__version__, "numpy": np.__version__, "optuna": optuna.__version__},
         "completed_at": completed_at.isoformat(),
     }
-    with engine.begin() as conn:
+    with durable_begin(engine) as conn:
         done = conn.execute(holdout_table.update().where(
             holdout_table.c.study_name == name, holdout_table.c.completed_at.is_(None),
             holdout_table.c.recovery_count == token,
