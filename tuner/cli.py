@@ -15,7 +15,6 @@ import warnings
 
 import click
 import optuna
-import pandas as pd
 import sqlalchemy
 from optuna.exceptions import StorageInternalError
 
@@ -283,6 +282,8 @@ def list_command(storage_url) -> None:
     if not rows:
         click.echo("no studies in this storage; create one with `tuner study start SPEC`")
         return
+    import pandas as pd  # imported by the commands that print or write tables only
+
     click.echo(pd.DataFrame(rows).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"))
 
 

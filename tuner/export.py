@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
-import pandas as pd
 
 from tuner.errors import TunerError
+
+if TYPE_CHECKING:  # pandas comes with the trials table; every other command starts faster
+    import pandas as pd
 
 FORMATS = (".csv", ".parquet", ".json")
 

@@ -30,7 +30,6 @@ import numpy as np
 
 from tuner.data.idx import IdxError, idx_shape, read_idx
 from tuner.data.scaling import block_rows
-from tuner.data.tables import read_table, row_count
 from tuner.errors import DataError
 
 SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "iris")
@@ -85,6 +84,12 @@ class Dataset:
 
     def __iter__(self):
         return iter((self.X, self.y, self.classes))
+
+
+def row_count(mask: np.ndarray) -> str:
+    """``"3 rows (first: row 4, counting from 0)"`` for a boolean mask ``(n_rows,)`` with a True."""
+    rows = np.flatnonzero(mask)
+    return f"{rows.size} row{'s' if rows.size != 1 else ''} (first: row {rows[0]}, counting from 0)"
 
 
 def _encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -163,6 +168,8 @@ def _load_table(source: str, scheme: str, path: str, *, target: str | None,
     if target is None:
         raise DataError(f"data.source {source!r}: a {scheme} source needs data.target, the name of its label column")
     file = _check_file(source, path)
+    from tuner.data.tables import read_table  # pandas, imported only for tables
+
     table = read_table(source, file, scheme, target=target, features=features, categorical=categorical)
     y, classes = _encode_labels(table.labels)
     return Dataset(X=table.X, y=y, classes=classes, feature_names=table.feature_names,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tuner.data.sources import row_count
 from tuner.errors import DataError
 
 #: How many column names an error message lists before it abbreviates.
@@ -77,12 +78,6 @@ def _read(source: str, file: Path, scheme: str, target: str) -> pd.DataFrame:
     except (ValueError, OSError) as e:  # pyarrow.ArrowInvalid is a ValueError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"data.source {source!r}: not a readable {scheme} file ({first})") from None
-
-
-def row_count(mask: np.ndarray) -> str:
-    """``"3 rows (first: row 4, counting from 0)"`` for a boolean mask ``(n_rows,)`` with a True."""
-    rows = np.flatnonzero(mask)
-    return f"{rows.size} row{'s' if rows.size != 1 else ''} (first: row {rows[0]}, counting from 0)"
 
 
 def _is_number_column(column: pd.Series) -> bool:
