@@ -19,6 +19,7 @@ TINY_SPEC = """\
 name = "{name}"
 n_trials = {n_trials}
 seed = 0
+trial_plots = {trial_plots}
 
 [data]
 source = "{source}"
@@ -47,12 +48,14 @@ n_warmup_steps = 2
 
 
 def write_spec(folder: Path, *, name: str = "tiny", n_trials: int = 4, epochs: int = 4,
-               source: str = "sklearn:digits", data_extra: str = "") -> Path:
+               source: str = "sklearn:digits", data_extra: str = "", trial_plots: bool = False) -> Path:
     """Write a small, fast study spec and return its path; ``data_extra`` holds more lines of
-    its ``[data]`` table, e.g. ``'target = "label"'``."""
+    its ``[data]`` table, e.g. ``'target = "label"'``. Per-trial PNGs are off unless
+    ``trial_plots``: drawing them cost more than training these tiny trials (the dashboard
+    tests and the default-study test draw them)."""
     path = folder / f"{name}.toml"
     path.write_text(TINY_SPEC.format(name=name, n_trials=n_trials, epochs=epochs, source=source,
-                                     data_extra=data_extra))
+                                     data_extra=data_extra, trial_plots=str(trial_plots).lower()))
     return path
 
 

@@ -43,7 +43,7 @@ def finalized(tmp_path_factory) -> dict:
     """A tiny finalized study in a SQLite file: its folder, storage URL, name and artifact folder."""
     folder = tmp_path_factory.mktemp("dashboard")
     name = f"dash-{uuid.uuid4().hex[:8]}"
-    spec = write_spec(folder, name=name, n_trials=N_TRIALS, epochs=EPOCHS)
+    spec = write_spec(folder, name=name, n_trials=N_TRIALS, epochs=EPOCHS, trial_plots=True)
     url = f"sqlite:///{folder / 'studies.db'}"
     for args in (["study", "start", str(spec), "--storage", url], ["study", "finalize", name, "--storage", url]):
         result = run_tuner(*args, cwd=folder)

@@ -135,8 +135,7 @@ def test_four_workers_on_one_sqlite_file_200_trials_without_lock_errors(tmp_path
     spec.write_text(spec.read_text().replace("low = 16, high = 64", "low = 4, high = 8")
                     .replace("choices = [32, 64]", "choices = [512]").replace('name = "tpe"', 'name = "random"')
                     .replace("n_startup_trials = 3\n", "", 1).replace('name = "median"', 'name = "none"')
-                    .replace("n_startup_trials = 2\nn_warmup_steps = 2\n", "")
-                    .replace("seed = 0\n", "seed = 0\ntrial_plots = false\n", 1))
+                    .replace("n_startup_trials = 2\nn_warmup_steps = 2\n", ""))
     url = f"sqlite:///{tmp_path / 's.db'}"
     result = run_tuner("study", "start", str(spec), "--storage", url, "--workers", "4", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
