@@ -3,6 +3,7 @@ heartbeats and retries of a killed worker's trial, SQLite under four writers."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -111,6 +112,8 @@ def test_the_total_set_by_n_trials_is_kept_by_later_workers_and_runs(tmp_path):
     raised = run_tuner("study", "start", str(spec), "--storage", url, "--n-trials", "4", cwd=tmp_path)
     assert raised.returncode == 0, raised.stderr
     assert finished() == 4
+    shown = run_tuner("study", "show", "tiny", "--storage", url, "--json", cwd=tmp_path)
+    assert json.loads(shown.stdout)["total_trials"] == 4
 
 
 def test_sqlite_syncs_at_checkpoints_but_the_holdout_records_at_once(tmp_path):

@@ -313,7 +313,7 @@ def show(name, storage_url, as_json) -> None:
         click.echo(json.dumps(info))
         return
     click.echo(f"study {info['name']} ({info['direction']} {info['metric']})")
-    click.echo(f"trials: {_format_counts(info['n_trials'])}")
+    click.echo(f"trials: {_format_counts(info['n_trials'])} (study-wide total {info['total_trials']})")
     if info["best"]:
         b = info["best"]
         click.echo(f"best trial {b['number']}: validation {b['value']:.4f}  {format_params(b['params'])}")

@@ -235,7 +235,8 @@ def run(study: optuna.Study, spec: StudySpec, data: TrainingData, storage, artif
 
 def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
     """The object ``tuner study show --json`` prints: ``name``, ``direction``, ``metric``,
-    ``n_trials`` (count by state), ``best`` (``number``, ``value``, ``params``) or None,
+    ``n_trials`` (count by state), ``total_trials`` (the study-wide total workers run to, see
+    :func:`total_trials`), ``best`` (``number``, ``value``, ``params``) or None,
     ``final`` (the locked test record) or None, ``sealed``, ``data_fingerprint`` and ``spec``."""
     spec_dict = study.user_attrs.get(SPEC_ATTR)
     try:
@@ -249,6 +250,7 @@ def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
         "direction": study.direction.name.lower(),
         "metric": spec_dict["study"]["metric"] if spec_dict else None,
         "n_trials": count_trials(study),
+        "total_trials": study.user_attrs.get(N_TRIALS_ATTR) or (spec_dict["study"]["n_trials"] if spec_dict else None),
         "best": best,
         "final": record if record and record["completed"] else None,
         "sealed": record is not None,
