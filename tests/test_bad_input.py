@@ -71,6 +71,18 @@ def test_bad_options_exit_2_and_create_nothing(tmp_path, args, message):
         assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 's.db'}") == []
 
 
+@pytest.mark.parametrize("command", [["study", "worker", "tiny"], ["study", "show", "tiny"], ["study", "list"],
+                                     ["study", "export", "tiny", "--out", "t.csv"], ["study", "finalize", "tiny"],
+                                     ["study", "report", "tiny", "--out", "r"], ["dashboard"]],
+                         ids=lambda c: c[1] if len(c) > 1 else c[0])
+def test_commands_that_read_refuse_a_missing_sqlite_file_and_create_none(tmp_path, command):
+    result = run_tuner(*command, "--storage", "sqlite:///typo.db", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("tuner: error: storage 'sqlite:///typo.db': no database file 'typo.db'; "
+                                     "run `tuner study start SPEC` first or pass the study's --storage")
+    assert not (tmp_path / "typo.db").exists()
+
+
 def test_read_only_database_exits_2(tmp_path):
     spec = write_spec(tmp_path, n_trials=1, epochs=1)
     url = f"sqlite:///{tmp_path / 's.db'}"

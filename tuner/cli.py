@@ -256,7 +256,8 @@ def worker(name, storage_url, artifact_dir, n_trials, timeout, seed, worker_inde
            heartbeat_interval, grace_period, quiet, json_lines) -> None:
     """Join the existing study NAME (from this or another host) and run its trials."""
     url = resolve_storage_url(storage_url)
-    storage = get_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    storage = storage_module.get_existing_storage(url, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=grace_period)
     study, spec, data = studies.join(storage, name, seed=seed, worker=worker_index)
     folder = storage_module.artifact_dir(url, artifact_dir, study.user_attrs.get(studies.ARTIFACT_DIR_ATTR))
     artifact_store = get_artifact_store(folder, create=True)
@@ -277,7 +278,7 @@ def _format_counts(counts: dict[str, int]) -> str:
 @storage_option
 def list_command(storage_url) -> None:
     """A table of the storage's studies: trials by state, best value, sealed."""
-    storage = get_storage(resolve_storage_url(storage_url))
+    storage = storage_module.get_existing_storage(resolve_storage_url(storage_url))
     rows = studies.overview(storage)
     if not rows:
         click.echo("no studies in this storage; create one with `tuner study start SPEC`")
@@ -295,7 +296,7 @@ def list_command(storage_url) -> None:
 @click.option("--intermediate", is_flag=True, help="Add the per-epoch validation scores (epoch_1, ...).")
 def export(name, storage_url, out_path, intermediate) -> None:
     """Write the trials of study NAME as a table: params as columns, state, value, duration."""
-    storage = get_storage(resolve_storage_url(storage_url))
+    storage = storage_module.get_existing_storage(resolve_storage_url(storage_url))
     df = export_module.trials_table(studies.load(storage, name), intermediate=intermediate)
     path = export_module.write_table(df, out_path)
     click.echo(f"wrote {len(df)} trials, {len(df.columns)} columns to {path}")
@@ -307,7 +308,7 @@ def export(name, storage_url, out_path, intermediate) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show(name, storage_url, as_json) -> None:
     """Show a study: trials by state, best trial, locked test result."""
-    storage = get_storage(resolve_storage_url(storage_url))
+    storage = storage_module.get_existing_storage(resolve_storage_url(storage_url))
     info = studies.summary(studies.load(storage, name), storage)
     if as_json:
         click.echo(json.dumps(info))
@@ -340,7 +341,7 @@ def show(name, storage_url, as_json) -> None:
 def finalize(name, storage_url, artifact_dir, recover) -> None:
     """Evaluate the best trial on the test split: once, recorded, and the study sealed."""
     url = resolve_storage_url(storage_url)
-    storage = get_storage(url)
+    storage = storage_module.get_existing_storage(url)
     study = studies.load(storage, name)
     folder = storage_module.artifact_dir(url, artifact_dir, study.user_attrs.get(studies.ARTIFACT_DIR_ATTR))
     record = holdout.finalize(study, storage, get_artifact_store(folder, create=False), recover=recover)
@@ -354,7 +355,7 @@ def finalize(name, storage_url, artifact_dir, recover) -> None:
 @click.option("--out", "out_dir", metavar="DIR", required=True, help="Folder for report.html and the PNG files.")
 def report(name, storage_url, out_dir) -> None:
     """Write an offline HTML report of study NAME and its figures as PNG files."""
-    storage = get_storage(resolve_storage_url(storage_url))
+    storage = storage_module.get_existing_storage(resolve_storage_url(storage_url))
     from tuner import report as report_module  # plotting and importance libraries: 0.7 s to import
 
     written = report_module.write_report(studies.load(storage, name), storage, out_dir)

@@ -24,7 +24,6 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server as _make_wsgi_server
 
 import optuna
-import sqlalchemy
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
@@ -213,15 +212,7 @@ def dashboard_app(url: str, *, artifact_dir: str | None = None, read_only: bool 
         TunerError: the storage cannot be opened, or it is a SQLite file that does not exist
             (serving it would create an empty database).
     """
-    try:
-        parsed = sqlalchemy.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        parsed = None  # get_storage names the problem
-    if (parsed is not None and parsed.get_backend_name() == "sqlite"
-            and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).is_file()):
-        raise TunerError(f"storage {url!r}: no database file {parsed.database!r}; run `tuner study start SPEC` "
-                         "first or pass the study's --storage")
-    storage = storage_module.get_storage(url)
+    storage = storage_module.get_existing_storage(url)
     import optuna_dashboard
 
     app = optuna_dashboard.wsgi(storage, artifact_store=StudiesArtifactStore(url, storage, artifact_dir))

@@ -141,6 +141,20 @@ def get_storage(url: str, *, heartbeat_interval: int | None = None,
     return storage
 
 
+def get_existing_storage(url: str, **options) -> optuna.storages.RDBStorage:
+    """:func:`get_storage` for commands that read or join studies: a SQLite file that does not
+    exist is refused rather than created empty (a mistyped path would leave a stray database).
+
+    Raises:
+        TunerError: as :func:`get_storage`, or ``url`` names a SQLite file that does not exist.
+    """
+    path = _sqlite_path(_parse(url))
+    if path is not None and not path.is_file():
+        raise TunerError(f"storage {url!r}: no database file {str(path)!r}; run `tuner study start SPEC` "
+                         "first or pass the study's --storage")
+    return get_storage(url, **options)
+
+
 @contextlib.contextmanager
 def durable_begin(engine: sqlalchemy.Engine) -> Iterator[sqlalchemy.Connection]:
     """Like ``engine.begin()``, but the commit is on disk when the block ends, on SQLite too
