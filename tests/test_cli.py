@@ -116,6 +116,7 @@ def test_resume_with_changed_data_is_refused(tmp_path):
     (["study", "show", "x", "--storage", "notaurl"], "storage URL 'notaurl' is not a database URL"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 's.db'}")  # a database without 'nope'
     result = run_tuner(*args, cwd=REPO if "studies/digits.toml" in args else tmp_path,
                        env={"TUNER_STORAGE": f"sqlite:///{tmp_path / 's.db'}"})
     assert result.returncode == 2
