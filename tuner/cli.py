@@ -116,7 +116,7 @@ def start(spec_path, storage_url, artifact_dir, name, n_trials, timeout, seed, w
     name = name or spec.name
     seed = spec.seed if seed is None else seed
     study, data, folder, artifact_store = _create_or_resume(spec, url, storage, artifact_dir, name=name, seed=seed)
-    n_trials = studies.total_trials(study, spec, n_trials or spec.n_trials)
+    n_trials = studies.total_trials(study, spec.n_trials, n_trials or spec.n_trials)
     mode = _mode(quiet, json_lines)
     if mode == "lines":
         click.echo(f"study {name!r}: {len(data.y_train)} training and {len(data.y_validation)} "
@@ -266,7 +266,7 @@ def worker(name, storage_url, artifact_dir, n_trials, timeout, seed, worker_inde
         click.echo(f"worker joined study {name!r}: {len(data.y_train)} training and "
                    f"{len(data.y_validation)} validation rows")
     _run_and_report(study, spec, data, storage, artifact_store, mode,
-                    n_trials=studies.total_trials(study, spec, n_trials),
+                    n_trials=studies.total_trials(study, spec.n_trials, n_trials),
                     seed=spec.seed if seed is None else seed, timeout=timeout)
 
 

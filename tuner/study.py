@@ -185,11 +185,12 @@ def join(storage: optuna.storages.RDBStorage, name: str, *, seed: int | None = N
     return study, spec, data
 
 
-def total_trials(study: optuna.Study, spec: StudySpec, total: int | None = None) -> int:
+def total_trials(study: optuna.Study, default: int, total: int | None = None) -> int:
     """The study-wide total of complete and pruned trials: ``total`` if given (recorded on the
-    study for later workers), else the recorded total, else the spec's ``study.n_trials``."""
+    study for later workers), else the recorded total, else ``default`` (the spec's
+    ``study.n_trials``)."""
     if total is None:
-        return study.user_attrs.get(N_TRIALS_ATTR) or spec.n_trials
+        return study.user_attrs.get(N_TRIALS_ATTR) or default
     if study.user_attrs.get(N_TRIALS_ATTR) != total:
         study.set_user_attr(N_TRIALS_ATTR, total)
     return total
@@ -250,7 +251,7 @@ def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
         "direction": study.direction.name.lower(),
         "metric": spec_dict["study"]["metric"] if spec_dict else None,
         "n_trials": count_trials(study),
-        "total_trials": study.user_attrs.get(N_TRIALS_ATTR) or (spec_dict["study"]["n_trials"] if spec_dict else None),
+        "total_trials": total_trials(study, spec_dict["study"]["n_trials"] if spec_dict else None),
         "best": best,
         "final": record if record and record["completed"] else None,
         "sealed": record is not None,
