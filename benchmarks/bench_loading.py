@@ -59,7 +59,9 @@ def build(fmt: str, folder: Path) -> str:
     if fmt == "csv":
         import pandas as pd
 
-        table = pd.DataFrame(_images(rng, N_TRAIN, "uint8"), columns=[f"p{i}" for i in range(N_PIXELS)])
+        table = pd.DataFrame(
+            _images(rng, N_TRAIN, "uint8"), columns=[f"p{i}" for i in range(N_PIXELS)]
+        )
         table["label"] = y_train
         table.to_csv(folder / "mnist.csv", index=False)
         return f"csv:{folder / 'mnist.csv'}"
@@ -67,11 +69,22 @@ def build(fmt: str, folder: Path) -> str:
     compress = dtype == "uint8"
     suffix = ".gz" if compress else ""
     shape = (28, 28)
-    write_idx(folder / f"train-images-idx3-ubyte{suffix}", _images(rng, N_TRAIN, dtype).reshape(-1, *shape), compress=compress)
+    write_idx(
+        folder / f"train-images-idx3-ubyte{suffix}",
+        _images(rng, N_TRAIN, dtype).reshape(-1, *shape),
+        compress=compress,
+    )
     write_idx(folder / f"train-labels-idx1-ubyte{suffix}", y_train, compress=compress)
-    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", _images(rng, N_TEST, dtype).reshape(-1, *shape), compress=compress)
-    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}",
-              rng.integers(0, N_CLASSES, size=N_TEST).astype(np.uint8), compress=compress)
+    write_idx(
+        folder / f"t10k-images-idx3-ubyte{suffix}",
+        _images(rng, N_TEST, dtype).reshape(-1, *shape),
+        compress=compress,
+    )
+    write_idx(
+        folder / f"t10k-labels-idx1-ubyte{suffix}",
+        rng.integers(0, N_CLASSES, size=N_TEST).astype(np.uint8),
+        compress=compress,
+    )
     return f"mnist:{folder}"
 
 
@@ -105,9 +118,14 @@ def measure(source: str) -> dict:
     tracemalloc.stop()
     rss_peak = _status_bytes("VmHWM")
     result_bytes = data.X_train.nbytes + data.X_validation.nbytes
-    return {"rows_train": len(data.y_train), "rows_validation": len(data.y_validation),
-            "result_bytes": result_bytes, "tracemalloc_peak": traced_peak,
-            "rss_peak_delta": rss_peak - rss_before, "seconds": round(seconds, 2)}
+    return {
+        "rows_train": len(data.y_train),
+        "rows_validation": len(data.y_validation),
+        "result_bytes": result_bytes,
+        "tracemalloc_peak": traced_peak,
+        "rss_peak_delta": rss_peak - rss_before,
+        "seconds": round(seconds, 2),
+    }
 
 
 def main() -> None:
@@ -123,14 +141,25 @@ def main() -> None:
             folder = Path(tmp) / fmt
             folder.mkdir()
             source = build(fmt, folder)
-            out = subprocess.run([sys.executable, __file__, "--child", source], check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", source],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             result = json.loads(out)
-            print(json.dumps({
-                "format": fmt, "array_bytes": ARRAY_BYTES, **result,
-                "tracemalloc_ratio": round(result["tracemalloc_peak"] / ARRAY_BYTES, 3),
-                "rss_ratio": round(result["rss_peak_delta"] / ARRAY_BYTES, 3),
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "format": fmt,
+                        "array_bytes": ARRAY_BYTES,
+                        **result,
+                        "tracemalloc_ratio": round(result["tracemalloc_peak"] / ARRAY_BYTES, 3),
+                        "rss_ratio": round(result["rss_peak_delta"] / ARRAY_BYTES, 3),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,14 @@ def _spec(folder: Path) -> Path:
     """studies/digits.toml with the pruner off (and the random sampler, though every trial is
     enqueued)."""
     text = (REPO / "studies" / "digits.toml").read_text()
-    for old, new in (('[sampler]\nname = "tpe"', '[sampler]\nname = "random"'),
-                     ('[pruner]\nname = "median"', '[pruner]\nname = "none"')):
+    for old, new in (
+        ('[sampler]\nname = "tpe"', '[sampler]\nname = "random"'),
+        ('[pruner]\nname = "median"', '[pruner]\nname = "none"'),
+    ):
         if old not in text:
-            raise SystemExit(f"studies/digits.toml no longer contains {old!r}; update this benchmark")
+            raise SystemExit(
+                f"studies/digits.toml no longer contains {old!r}; update this benchmark"
+            )
         text = text.replace(old, new)
     path = folder / "bench_digits.toml"
     path.write_text(text)
@@ -62,23 +66,58 @@ def _trial_params(spec_path: Path, trials: int) -> list[dict]:
     return params
 
 
-def _trials_per_minute(url: str, spec: Path, params: list[dict], workers: int, folder: Path) -> tuple[float, float]:
+def _trials_per_minute(
+    url: str, spec: Path, params: list[dict], workers: int, folder: Path
+) -> tuple[float, float]:
     """(trials per minute, seconds from the first start to the last completion)."""
     name = f"bench-{workers}-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNER_")}
-    common = [str(spec), "--storage", url, "--name", name, "--artifact-dir", str(folder / "artifacts")]
-    subprocess.run([sys.executable, "-m", "tuner", "study", "create", *common],
-                   check=True, env=env, stdout=subprocess.DEVNULL, cwd=folder)
+    common = [
+        str(spec),
+        "--storage",
+        url,
+        "--name",
+        name,
+        "--artifact-dir",
+        str(folder / "artifacts"),
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "tuner", "study", "create", *common],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        cwd=folder,
+    )
     study = optuna.load_study(study_name=name, storage=url)
     for p in params:
         study.enqueue_trial(p)
-    subprocess.run([sys.executable, "-m", "tuner", "study", "start", *common, "--n-trials", str(len(params)),
-                    "--workers", str(workers), "--quiet"], check=True, env=env, cwd=folder)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner",
+            "study",
+            "start",
+            *common,
+            "--n-trials",
+            str(len(params)),
+            "--workers",
+            str(workers),
+            "--quiet",
+        ],
+        check=True,
+        env=env,
+        cwd=folder,
+    )
     done = [t for t in study.get_trials() if t.state.is_finished()]
     key = lambda p: json.dumps(p, sort_keys=True)  # noqa: E731
     if sorted(key(t.params) for t in done) != sorted(key(p) for p in params):
-        raise SystemExit(f"{name}: the {len(done)} finished trials are not the {len(params)} enqueued")
-    seconds = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+        raise SystemExit(
+            f"{name}: the {len(done)} finished trials are not the {len(params)} enqueued"
+        )
+    seconds = (
+        max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
+    ).total_seconds()
     if not url.startswith("sqlite"):
         optuna.delete_study(study_name=name, storage=url)
     return len(done) / (seconds / 60), seconds
@@ -100,10 +139,21 @@ def main() -> None:
         for label, url in storages.items():
             one, one_s = _trials_per_minute(url, spec, params, 1, folder)
             two, two_s = _trials_per_minute(url, spec, params, 2, folder)
-            print(json.dumps({"storage": label, "trials": args.trials,
-                              "trials_per_min_1_worker": round(one, 1), "trials_per_min_2_workers": round(two, 1),
-                              "ratio": round(two / one, 3), "seconds_1_worker": round(one_s, 2),
-                              "seconds_2_workers": round(two_s, 2), "cores": os.cpu_count()}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "storage": label,
+                        "trials": args.trials,
+                        "trials_per_min_1_worker": round(one, 1),
+                        "trials_per_min_2_workers": round(two, 1),
+                        "ratio": round(two / one, 3),
+                        "seconds_1_worker": round(one_s, 2),
+                        "seconds_2_workers": round(two_s, 2),
+                        "cores": os.cpu_count(),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

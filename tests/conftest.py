@@ -1,14 +1,24 @@
 """Shared fixtures: study storages (SQLite file, and PostgreSQL when configured), tiny specs,
-and a runner for the real ``tuner`` command in a subprocess."""
+a runner for the real ``tuner`` command in a subprocess, and the test tiers.
+
+Tiers: every test is marked from what it does, found by following the code it runs (its
+function, its fixtures, and the test helpers they call): ``slow`` if it starts a process (the
+``tuner`` CLI, workers, chromium, docker), ``postgres`` if it uses the PostgreSQL server,
+``browser`` if it runs chromium; ``docker`` marks the checks of the Docker job's files
+(tests/test_docker.py; the containers themselves run in docker/ci.sh). The fast tier
+is ``pytest -m "not slow"``: in-process tests only.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import types
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -47,15 +57,31 @@ n_warmup_steps = 2
 """
 
 
-def write_spec(folder: Path, *, name: str = "tiny", n_trials: int = 4, epochs: int = 4,
-               source: str = "sklearn:digits", data_extra: str = "", trial_plots: bool = False) -> Path:
+def write_spec(
+    folder: Path,
+    *,
+    name: str = "tiny",
+    n_trials: int = 4,
+    epochs: int = 4,
+    source: str = "sklearn:digits",
+    data_extra: str = "",
+    trial_plots: bool = False,
+) -> Path:
     """Write a small, fast study spec and return its path; ``data_extra`` holds more lines of
     its ``[data]`` table, e.g. ``'target = "label"'``. Per-trial PNGs are off unless
     ``trial_plots``: drawing them cost more than training these tiny trials (the dashboard
     tests and the default-study test draw them)."""
     path = folder / f"{name}.toml"
-    path.write_text(TINY_SPEC.format(name=name, n_trials=n_trials, epochs=epochs, source=source,
-                                     data_extra=data_extra, trial_plots=str(trial_plots).lower()))
+    path.write_text(
+        TINY_SPEC.format(
+            name=name,
+            n_trials=n_trials,
+            epochs=epochs,
+            source=source,
+            data_extra=data_extra,
+            trial_plots=str(trial_plots).lower(),
+        )
+    )
     return path
 
 
@@ -66,16 +92,30 @@ def _tuner_env(env: dict | None) -> dict:
     return full_env
 
 
-def run_tuner(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_tuner(
+    *args: str, cwd: Path, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run ``tuner ARGS`` as a real process (``python -m tuner``), capturing text output."""
-    return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, env=_tuner_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd,
+        env=_tuner_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def popen_tuner(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """Start ``tuner ARGS`` as a real process with text pipes; stop it with :func:`stop_process`."""
-    return subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=cwd, env=_tuner_env(env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd,
+        env=_tuner_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def stop_process(proc: subprocess.Popen | None, *, terminate: bool = True) -> None:
@@ -94,11 +134,91 @@ def stop_process(proc: subprocess.Popen | None, *, terminate: bool = True) -> No
     proc.communicate()
 
 
+#: Names whose use marks a test (see the module docstring): a process is started by the
+#: ``subprocess`` module (our ``run_tuner``, ``popen_tuner`` and every helper use it).
+_TIER_NAMES = {
+    "slow": {"subprocess", "multiprocessing", "fork"},
+    "postgres": {"_postgres_url", "_postgres_admin", "TUNER_TEST_POSTGRES_URL"},
+    "browser": {"_chromium"},
+}
+
+
+def _names_used(code: types.CodeType, module: dict, seen: set) -> set[str]:
+    """Global names, attribute names and string constants ``code`` uses, followed into nested
+    functions and into the functions of the tests and conftest that it calls."""
+    if code in seen:
+        return set()
+    seen.add(code)
+    names = set(code.co_names) | {c for c in code.co_consts if isinstance(c, str)}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_used(const, module, seen)
+    for name in code.co_names:
+        target = module.get(name)
+        target = getattr(target, "__wrapped__", target)
+        if isinstance(target, types.FunctionType) and target.__module__.split(".")[-1].startswith(
+            ("test_", "conftest")
+        ):
+            names |= _names_used(target.__code__, target.__globals__, seen)
+    return names
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        functions = [item.function] + [
+            getattr(d.func, "__wrapped__", d.func)
+            for defs in item._fixtureinfo.name2fixturedefs.values()
+            for d in defs
+            if d.func.__module__.split(".")[-1].startswith(("test_", "conftest"))
+        ]
+        seen: set = set()
+        used = set().union(*(_names_used(f.__code__, f.__globals__, seen) for f in functions))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("storage_url") == "postgresql":
+            used.add("_postgres_url")
+        for marker, names in _TIER_NAMES.items():
+            if used & names:
+                item.add_marker(marker)
+        if item.module.__name__ == "test_docker":
+            item.add_marker("docker")
+        if used & _TIER_NAMES["browser"]:
+            item.add_marker("slow")
+
+
+_schemas: dict[str, str] = {}
+
+
 def _postgres_url() -> str | None:
+    """``TUNER_TEST_POSTGRES_URL`` with ``search_path`` set to a schema of this test process
+    (created on first use, dropped at the end of the session).
+
+    Test evaluations are counted per storage and test rows, and the tests' studies share the
+    digits data: tests running at the same time in two pytest-xdist processes would see each
+    other's looks in one schema. Within a process each test deletes its own rows.
+    """
     url = os.environ.get("TUNER_TEST_POSTGRES_URL")
     if not url and os.environ.get("TUNER_REQUIRE_POSTGRES") == "1":
         pytest.fail("TUNER_REQUIRE_POSTGRES=1 but TUNER_TEST_POSTGRES_URL is not set")
-    return url
+    if not url:
+        return None
+    if url not in _schemas:
+        schema = f"tuner_test_{uuid.uuid4().hex[:12]}"
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        engine.dispose()
+        sep = "&" if "?" in url else "?"
+        _schemas[url] = f"{url}{sep}options=-csearch_path%3D{schema}"
+    return _schemas[url]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for url, isolated in _schemas.items():
+        schema = isolated.rsplit("%3D", 1)[1]
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -114,7 +234,9 @@ def storage_url(request, tmp_path) -> str:
         return
     url = _postgres_url()
     if not url:
-        pytest.skip("PostgreSQL tests need TUNER_TEST_POSTGRES_URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test")
+        pytest.skip(
+            "PostgreSQL tests need TUNER_TEST_POSTGRES_URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        )
     yield url
     _drop_studies(url, request.node.study_names)
 
@@ -122,18 +244,25 @@ def storage_url(request, tmp_path) -> str:
 def _drop_studies(url: str, names: list[str]) -> None:
     import optuna
 
-    from tuner.holdout import holdout_table
+    from tuner.schema import holdout_table, legacy_table
 
     storage = optuna.storages.RDBStorage(url)
-    for name in names:
-        try:
-            optuna.delete_study(study_name=name, storage=storage)
-        except KeyError:
-            pass
+    # Studies a test renamed or copied too: their names start with the test's names.
+    for study in storage.get_all_studies():
+        if any(study.study_name.startswith(name) for name in names):
+            try:
+                optuna.delete_study(study_name=study.study_name, storage=storage)
+            except KeyError:
+                pass
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        if sa.inspect(conn).has_table("tuner_holdout"):
-            conn.execute(holdout_table.delete().where(holdout_table.c.study_name.in_(names)))
+        for table in (holdout_table, legacy_table):
+            if sa.inspect(conn).has_table(table.name):
+                conn.execute(
+                    table.delete().where(
+                        sa.or_(*(table.c.study_name.startswith(n, autoescape=True) for n in names))
+                    )
+                )
     engine.dispose()
     storage.engine.dispose()
 
@@ -149,3 +278,55 @@ def study_name(request) -> str:
 @pytest.fixture(autouse=True)
 def _study_names(request):
     request.node.study_names = []
+
+
+def write_mnist(
+    folder, *, n_train_per_class=6, n_test_per_class=2, compress=False, dtype=np.uint8, seed=0
+):
+    """A 4x4-pixel MNIST folder: 10 classes, train rows then t10k rows; returns (X, y) as written."""
+    from tuner.data.idx import write_idx
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    arrays = {}
+    for part, per_class in (("train", n_train_per_class), ("t10k", n_test_per_class)):
+        labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), per_class))
+        images = rng.integers(0, 256, size=(labels.size, 4, 4)).astype(dtype)
+        write_idx(folder / f"{part}-images-idx3-ubyte{suffix}", images, compress=compress)
+        write_idx(folder / f"{part}-labels-idx1-ubyte{suffix}", labels, compress=compress)
+        arrays[part] = (images.reshape(labels.size, 16), labels)
+    X = np.concatenate([arrays["train"][0], arrays["t10k"][0]])
+    y = np.concatenate([arrays["train"][1], arrays["t10k"][1]])
+    return X, y
+
+
+def people_table(n=60, seed=0):
+    """A small table: numbers, a text column, string labels (two classes, 3:1 apart from rounding)."""
+    import pandas as pd  # only the data tests need it
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, n),
+            "income": rng.normal(50_000, 10_000, n).round(2),
+            "city": rng.choice(["oslo", "bergen", "tromso"], n),
+            "label": np.where(np.arange(n) % 4 == 0, "churn", "stay"),
+        }
+    )
+
+
+def write_tiny_trials_spec(folder: Path, n_trials: int) -> Path:
+    """A spec of nearly free trials (one epoch, width 4 to 8, random sampling, no pruning):
+    the database is the load."""
+    spec = write_spec(folder, n_trials=n_trials, epochs=1)
+    spec.write_text(
+        spec.read_text()
+        .replace("low = 16, high = 64", "low = 4, high = 8")
+        .replace("choices = [32, 64]", "choices = [512]")
+        .replace('name = "tpe"', 'name = "random"')
+        .replace("n_startup_trials = 3\n", "", 1)
+        .replace('name = "median"', 'name = "none"')
+        .replace("n_startup_trials = 2\nn_warmup_steps = 2\n", "")
+    )
+    return spec

@@ -25,8 +25,8 @@ import click
 import optuna
 import pytest
 import yaml
-
 from conftest import REPO, _drop_studies, _postgres_url, run_tuner, stop_process, write_spec
+
 from tuner.cli import cli
 from tuner.dashboard import resolve_read_only
 from tuner.holdout import get_record
@@ -42,6 +42,7 @@ INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*)
 
 
 # ---------------------------------------------------------------------------- the files, parsed
+
 
 def dockerfile() -> list[tuple[str, str]]:
     """The Dockerfile's instructions as (KEYWORD, arguments), continuation lines joined."""
@@ -132,26 +133,36 @@ def compose_argv(service: dict) -> list[str]:
 def runs_tuner_image(service: dict) -> bool:
     build = service.get("build") or {}
     return str(service.get("image", "")).startswith("tuner") or (
-        isinstance(build, dict) and build.get("dockerfile") == "docker/Dockerfile")
+        isinstance(build, dict) and build.get("dockerfile") == "docker/Dockerfile"
+    )
 
 
 def k8s_documents() -> list[tuple[str, dict]]:
     """Every object of docker/k8s/*.yaml, with its file name."""
-    return [(path.name, doc) for path in sorted((DOCKER / "k8s").glob("*.yaml"))
-            for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [
+        (path.name, doc)
+        for path in sorted((DOCKER / "k8s").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
 
 
 def pod_specs() -> list[tuple[str, dict, dict]]:
     """(``Kind/name``, the object, its pod spec) for every workload in the manifests."""
-    return [(f"{doc['kind']}/{doc['metadata']['name']}", doc, doc["spec"]["template"]["spec"])
-            for _file, doc in k8s_documents() if doc["kind"] in ("Job", "Deployment", "StatefulSet", "DaemonSet")]
+    return [
+        (f"{doc['kind']}/{doc['metadata']['name']}", doc, doc["spec"]["template"]["spec"])
+        for _file, doc in k8s_documents()
+        if doc["kind"] in ("Job", "Deployment", "StatefulSet", "DaemonSet")
+    ]
 
 
 def k8s_argv(container: dict) -> list[str]:
     """What a container runs: ``command`` (else the image's ENTRYPOINT) and ``args`` (else the
     image's CMD, unless ``command`` was set)."""
     if not container["image"].startswith("tuner"):
-        return [str(c) for c in container.get("command", [])] + [str(a) for a in container.get("args", [])]
+        return [str(c) for c in container.get("command", [])] + [
+            str(a) for a in container.get("args", [])
+        ]
     entrypoint, cmd = image_argv()
     if "command" in container:
         return [str(c) for c in container["command"]] + [str(a) for a in container.get("args", [])]
@@ -164,7 +175,11 @@ def tuner_commands_in(argv: list[str]) -> list[list[str]]:
         return [argv]
     if len(argv) >= 3 and Path(argv[0]).name in ("sh", "bash") and argv[1] == "-c":
         pieces = re.split(r"[;\n]|&&|\|\|?", argv[2])
-        return [words for piece in pieces if (words := shlex.split(piece)) and Path(words[0]).name == "tuner"]
+        return [
+            words
+            for piece in pieces
+            if (words := shlex.split(piece)) and Path(words[0]).name == "tuner"
+        ]
     return []
 
 
@@ -175,7 +190,10 @@ def all_tuner_commands() -> list[tuple[str, list[str]]]:
         commands += [(f"compose:{name}", argv) for argv in tuner_commands_in(compose_argv(service))]
     for where, _doc, pod in pod_specs():
         for container in pod.get("initContainers", []) + pod["containers"]:
-            commands += [(f"k8s:{where}:{container['name']}", argv) for argv in tuner_commands_in(k8s_argv(container))]
+            commands += [
+                (f"k8s:{where}:{container['name']}", argv)
+                for argv in tuner_commands_in(k8s_argv(container))
+            ]
     return commands
 
 
@@ -201,26 +219,46 @@ TUNER_COMMANDS = all_tuner_commands()
 
 # ---------------------------------------------------------------------------- Dockerfile
 
+
+def build_args() -> dict[str, str]:
+    """The Dockerfile's ARG defaults (an ARG without one maps to "")."""
+    return {
+        name: default
+        for k, a in dockerfile()
+        if k == "ARG"
+        for name, _, default in [a.partition("=")]
+    }
+
+
 def test_dockerfile_runs_tuner_as_non_root_on_a_slim_base():
     instructions = dockerfile()
-    base = [a for k, a in instructions if k == "FROM"]
+    base = [interpolate(a, build_args()) for k, a in instructions if k == "FROM"]
     assert base and re.fullmatch(r"python:3\.\d+-slim", base[-1].split()[0]), base
     users = [a for k, a in instructions if k == "USER"]
     assert users, "the image runs as root: no USER instruction"
     user = users[-1].split(":")[0]
     assert user not in ("root", "0") and (not user.isdigit() or int(user) > 0)
     if user.isdigit():  # a numeric USER must be the uid of a user the image creates
-        assert any(k == "RUN" and re.search(rf"useradd\b.*--uid {user}\b", a) for k, a in instructions)
+        assert any(
+            k == "RUN" and re.search(rf"useradd\b.*--uid {user}\b", a) for k, a in instructions
+        )
     # The last USER comes after every RUN: nothing runs as root at the end.
     last_user = max(i for i, (k, _) in enumerate(instructions) if k == "USER")
     assert all(i < last_user for i, (k, _) in enumerate(instructions) if k == "RUN")
 
     entrypoint, cmd = image_argv()
     assert entrypoint == ["tuner"]
-    assert cmd[:2] == ["study", "start"] and cmd[2].endswith("/digits.toml") and "--storage" not in cmd
+    assert (
+        cmd[:2] == ["study", "start"] and cmd[2].endswith("/digits.toml") and "--storage" not in cmd
+    )
 
     installs = " ".join(a for k, a in instructions if k == "RUN" and "pip install" in a)
     assert "[postgres]" in installs and "test" not in installs and "-e " not in installs
+    # Reproducible: the exact versions of constraints.txt, which the build context holds.
+    assert re.search(r"--constraint \S*constraints\.txt", installs)
+    copied = [a.split()[:-1] for k, a in instructions if k == "COPY"]
+    assert any("constraints.txt" in sources for sources in copied)
+    assert "!constraints.txt" in (DOCKER / "Dockerfile.dockerignore").read_text().split()
 
 
 def test_dockerfile_bakes_in_no_secret():
@@ -239,25 +277,68 @@ def test_dockerfile_bakes_in_no_secret():
 
 # ---------------------------------------------------------------------------- compose
 
+
 def test_credentials_come_from_an_uncommitted_env_file():
     assert subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=REPO).returncode == 0
-    assert not subprocess.run(["git", "ls-files", "docker/.env"], cwd=REPO, capture_output=True,
-                              text=True).stdout.strip()
-    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
-                   if line.strip() and not line.startswith("#"))
-    assert example == {"POSTGRES_PASSWORD": ""}
+    assert not subprocess.run(
+        ["git", "ls-files", "docker/.env"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    example = dict(
+        line.split("=", 1)
+        for line in (DOCKER / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert example == {"POSTGRES_PASSWORD": "", "COMPOSE_PROJECT_NAME": "tuner"}
 
     services = compose_raw()["services"]
     assert services["postgres"]["env_file"] in (".env", [".env"])
     for name, service in services.items():
         for key, value in environment(service).items():
             if SECRET_KEY.search(key):
-                assert re.fullmatch(r"\$\{\w+(:?[-?][^}]*)?\}", value), f"{name}: {key} has a literal value"
+                assert re.fullmatch(r"\$\{\w+(:?[-?][^}]*)?\}", value), (
+                    f"{name}: {key} has a literal value"
+                )
             for password in URL_PASSWORD.findall(value):
-                assert re.fullmatch(r"\$\{\w+(:?[-?][^}]*)?\}", password), f"{name}: {key} has a literal password"
+                assert re.fullmatch(r"\$\{\w+(:?[-?][^}]*)?\}", password), (
+                    f"{name}: {key} has a literal password"
+                )
     # Without docker/.env Compose stops with a message instead of using an empty password.
     with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
         interpolate(compose_raw(), {})
+
+
+def test_compose_file_is_read_by_compose_v1_and_v2():
+    """Compose v1 (Debian's docker-compose 1.29) rejects a top-level ``name:``; the project is
+    named by COMPOSE_PROJECT_NAME in docker/.env instead, and every knob has a default."""
+    raw = compose_raw()
+    assert "name" not in raw and "version" not in raw
+    assert set(raw) <= {"services", "volumes", "networks"} | {k for k in raw if k.startswith("x-")}
+    services = compose()["services"]  # only POSTGRES_PASSWORD set
+    assert services["postgres"]["image"] == "postgres:16"
+    worker = compose_argv(services["worker"])
+    assert worker[worker.index("--heartbeat-interval") + 1] == "10"
+    assert worker[worker.index("--grace-period") + 1] == "30"
+    knobs = {"WORKER_HEARTBEAT_INTERVAL": "1", "WORKER_GRACE_PERIOD": "4", "DASHBOARD_PORT": "9"}
+    services = compose(knobs)["services"]
+    worker = compose_argv(services["worker"])
+    assert worker[worker.index("--grace-period") + 1] == "4"
+    assert _published(services["dashboard"]) == [("127.0.0.1", "8080")]  # the container's port
+    assert services["dashboard"]["ports"] == ["127.0.0.1:9:8080"]
+
+
+def test_ci_runs_the_docker_job_after_the_tests():
+    """.ci/run ends with docker/ci.sh (the real engine, images and compose stack), whose every
+    run tears down what it started; its CI images come from the same files."""
+    run = (REPO / ".ci" / "run").read_text()
+    assert run.index("python -m pytest") < run.index("bash docker/ci.sh")
+    script = (DOCKER / "ci.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(DOCKER / "ci.sh")]).returncode == 0
+    assert "trap teardown EXIT" in script
+    assert '-f "$SRC/docker/Dockerfile"' in script and '"$SRC/docker/compose.yaml"' in script
+    assert "--iptables=false" in script and "--bridge=none" in script
+    # The CI's PostgreSQL is initialised in UTF-8 (SQL_ASCII breaks every tuner command).
+    entrypoint = (DOCKER / "ci" / "postgres" / "entrypoint.sh").read_text()
+    assert "--encoding=UTF8" in entrypoint and "--locale=C.UTF-8" in entrypoint
 
 
 def test_postgres_healthcheck_gates_the_job():
@@ -268,7 +349,9 @@ def test_postgres_healthcheck_gates_the_job():
     assert services["create"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["finalize"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("worker", "dashboard"):
-        assert services[name]["depends_on"]["create"]["condition"] == "service_completed_successfully"
+        assert (
+            services[name]["depends_on"]["create"]["condition"] == "service_completed_successfully"
+        )
 
 
 def _published(service: dict) -> list[tuple[str, str]]:
@@ -297,8 +380,12 @@ def test_workers_scale_and_finalize_waits_behind_a_profile():
     services = compose()["services"]
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     assert services["finalize"]["profiles"] == ["finalize"]
-    assert all("profiles" not in services[name] for name in ("postgres", "create", "worker", "dashboard"))
-    assert all(services[name].get("restart", "no") == "no" for name in ("create", "worker", "finalize"))
+    assert all(
+        "profiles" not in services[name] for name in ("postgres", "create", "worker", "dashboard")
+    )
+    assert all(
+        services[name].get("restart", "no") == "no" for name in ("create", "worker", "finalize")
+    )
 
 
 def test_every_tuner_service_shares_the_storage_and_the_artifact_volume():
@@ -307,7 +394,9 @@ def test_every_tuner_service_shares_the_storage_and_the_artifact_volume():
     assert set(tuner_services) == {"create", "worker", "dashboard", "finalize"}
     for name, service in tuner_services.items():
         env = environment(service)
-        assert env["TUNER_STORAGE"] == "postgresql+psycopg://tuner:placeholder@postgres:5432/tuner", name
+        assert (
+            env["TUNER_STORAGE"] == "postgresql+psycopg://tuner:placeholder@postgres:5432/tuner"
+        ), name
         mounts = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
         assert mounts.get(env["TUNER_ARTIFACT_DIR"]) == "artifacts", name
     assert {"pgdata", "artifacts"} <= set(config["volumes"])
@@ -317,39 +406,62 @@ def test_every_tuner_service_shares_the_storage_and_the_artifact_volume():
 
 # ---------------------------------------------------------------------------- Kubernetes
 
+
 def test_k8s_has_the_same_job():
     kinds = {f"{doc['kind']}/{doc['metadata']['name']}": doc for _f, doc in k8s_documents()}
-    assert {"StatefulSet/postgres", "Service/postgres", "Job/tuner-create", "Job/tuner-worker",
-            "Deployment/tuner-dashboard", "Service/tuner-dashboard", "Job/tuner-finalize",
-            "PersistentVolumeClaim/tuner-artifacts"} <= set(kinds)
+    assert {
+        "StatefulSet/postgres",
+        "Service/postgres",
+        "Job/tuner-create",
+        "Job/tuner-worker",
+        "Deployment/tuner-dashboard",
+        "Service/tuner-dashboard",
+        "Job/tuner-finalize",
+        "PersistentVolumeClaim/tuner-artifacts",
+    } <= set(kinds)
     assert kinds["Job/tuner-worker"]["spec"]["parallelism"] >= 2
-    assert "completions" not in kinds["Job/tuner-worker"]["spec"]  # a work queue: done when the budget is
-    assert kinds["PersistentVolumeClaim/tuner-artifacts"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert (
+        "completions" not in kinds["Job/tuner-worker"]["spec"]
+    )  # a work queue: done when the budget is
+    assert kinds["PersistentVolumeClaim/tuner-artifacts"]["spec"]["accessModes"] == [
+        "ReadWriteMany"
+    ]
     assert kinds["Service/tuner-dashboard"]["spec"].get("type", "ClusterIP") == "ClusterIP"
     postgres = kinds["StatefulSet/postgres"]["spec"]["template"]["spec"]["containers"][0]
     assert "pg_isready" in postgres["readinessProbe"]["exec"]["command"]
 
 
 def test_k8s_runs_tuner_as_non_root_with_secrets_from_a_secret():
-    assert not [doc for _f, doc in k8s_documents() if doc["kind"] == "Secret"], "a Secret is committed"
+    assert not [doc for _f, doc in k8s_documents() if doc["kind"] == "Secret"], (
+        "a Secret is committed"
+    )
     tuner_pods = 0
     for where, _doc, pod in pod_specs():
         for container in pod.get("initContainers", []) + pod["containers"]:
             env = container.get("env", [])
             for var in env:
                 if SECRET_KEY.search(var["name"]):
-                    assert "value" not in var and "secretKeyRef" in var["valueFrom"], f"{where}: {var['name']}"
+                    assert "value" not in var and "secretKeyRef" in var["valueFrom"], (
+                        f"{where}: {var['name']}"
+                    )
                 for password in URL_PASSWORD.findall(str(var.get("value", ""))):
-                    assert re.fullmatch(r"\$\(\w+\)", password), f"{where}: {var['name']} has a literal password"
+                    assert re.fullmatch(r"\$\(\w+\)", password), (
+                        f"{where}: {var['name']} has a literal password"
+                    )
             if not container["image"].startswith("tuner"):
                 continue
             tuner_pods += 1
             context = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
             assert context.get("runAsNonRoot") is True and context.get("runAsUser", 0) > 0, where
             values = {v["name"]: v.get("value") for v in env}
-            assert values["TUNER_STORAGE"] == "postgresql+psycopg://tuner:$(POSTGRES_PASSWORD)@postgres:5432/tuner"
+            assert (
+                values["TUNER_STORAGE"]
+                == "postgresql+psycopg://tuner:$(POSTGRES_PASSWORD)@postgres:5432/tuner"
+            )
             # $(VAR) expands only from variables defined earlier in the list.
-            assert [v["name"] for v in env].index("POSTGRES_PASSWORD") < [v["name"] for v in env].index("TUNER_STORAGE")
+            assert [v["name"] for v in env].index("POSTGRES_PASSWORD") < [
+                v["name"] for v in env
+            ].index("TUNER_STORAGE")
             claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
             mounts = {m["mountPath"]: claims[m["name"]] for m in container["volumeMounts"]}
             assert mounts[values["TUNER_ARTIFACT_DIR"]] == "tuner-artifacts", where
@@ -358,11 +470,20 @@ def test_k8s_runs_tuner_as_non_root_with_secrets_from_a_secret():
 
 # ---------------------------------------------------------------------------- the tuner commands
 
+
 def test_every_place_that_runs_tuner_was_found():
     origins = {origin for origin, _ in TUNER_COMMANDS}
-    assert origins == {"Dockerfile", "compose:create", "compose:worker", "compose:dashboard", "compose:finalize",
-                       "k8s:Job/tuner-create:tuner", "k8s:Job/tuner-worker:tuner",
-                       "k8s:Deployment/tuner-dashboard:tuner", "k8s:Job/tuner-finalize:tuner"}
+    assert origins == {
+        "Dockerfile",
+        "compose:create",
+        "compose:worker",
+        "compose:dashboard",
+        "compose:finalize",
+        "k8s:Job/tuner-create:tuner",
+        "k8s:Job/tuner-worker:tuner",
+        "k8s:Deployment/tuner-dashboard:tuner",
+        "k8s:Job/tuner-finalize:tuner",
+    }
 
 
 @pytest.mark.parametrize("origin,argv", TUNER_COMMANDS, ids=[o for o, _ in TUNER_COMMANDS])
@@ -382,15 +503,21 @@ def _copied_to_image(container_path: str) -> Path:
         if keyword == "COPY":
             *sources, dest = args.split()
             if len(sources) == 1 and container_path.startswith(dest.rstrip("/") + "/"):
-                return REPO / sources[0] / container_path[len(dest.rstrip("/")) + 1:]
+                return REPO / sources[0] / container_path[len(dest.rstrip("/")) + 1 :]
     raise AssertionError(f"{container_path} is copied into the image by no COPY")
 
 
 def test_create_worker_and_finalize_name_the_same_study_from_a_spec_in_the_image():
     by_origin = {origin: argv for origin, argv in TUNER_COMMANDS}
     for prefix, create, worker, finalize in (
-            ("compose", "compose:create", "compose:worker", "compose:finalize"),
-            ("k8s", "k8s:Job/tuner-create:tuner", "k8s:Job/tuner-worker:tuner", "k8s:Job/tuner-finalize:tuner")):
+        ("compose", "compose:create", "compose:worker", "compose:finalize"),
+        (
+            "k8s",
+            "k8s:Job/tuner-create:tuner",
+            "k8s:Job/tuner-worker:tuner",
+            "k8s:Job/tuner-finalize:tuner",
+        ),
+    ):
         created = parse_cli(by_origin[create][1:]).params
         spec = load_spec(_copied_to_image(created["spec_path"]))
         name = created["name"] or spec.name
@@ -402,14 +529,19 @@ def test_create_worker_and_finalize_name_the_same_study_from_a_spec_in_the_image
 
 def test_readme_commands_name_the_files_services_and_jobs_that_exist():
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Run as a Docker job"):]
-    section = section[:section.index("\n## ", 1)]
+    section = readme[readme.index("## Run as a Docker job") :]
+    section = section[: section.index("\n## ", 1)]
     lines = [line.split("#")[0].strip() for line in section.splitlines()]
-    services, kinds = compose()["services"], {f"{d['kind']}/{d['metadata']['name']}" for _f, d in k8s_documents()}
+    services, kinds = (
+        compose()["services"],
+        {f"{d['kind']}/{d['metadata']['name']}" for _f, d in k8s_documents()},
+    )
     assert "cp docker/.env.example docker/.env" in lines
     compose_lines = [line for line in lines if line.startswith("docker compose")]
-    assert compose_lines and all(line.startswith("docker compose -f docker/compose.yaml --env-file docker/.env ")
-                                 for line in compose_lines)
+    assert compose_lines and all(
+        line.startswith("docker compose -f docker/compose.yaml --env-file docker/.env ")
+        for line in compose_lines
+    )
     assert any(re.search(r" up --scale worker=\d+$", line) for line in compose_lines)
     assert any(line.endswith("--profile finalize run --rm finalize") for line in compose_lines)
     assert services["finalize"]["profiles"] == ["finalize"]
@@ -420,32 +552,58 @@ def test_readme_commands_name_the_files_services_and_jobs_that_exist():
             assert f"Job/{job}" in kinds, line
         for svc in re.findall(r"svc/([\w-]+)", line):
             assert f"Service/{svc}" in kinds, line
-    assert "No Docker engine or Kubernetes cluster was available" in section
+    # What was run for real, and how to run it again.
+    assert "Verified on this machine" in section and "bash docker/ci.sh" in section
+    assert (DOCKER / "ci.sh").is_file()
+    assert "No Kubernetes cluster was available" in section
 
 
 # ---------------------------------------------------------------------------- tuner study create
 
+
 def test_study_create_is_idempotent_and_runs_no_trial(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     spec = write_spec(tmp_path, name="made", n_trials=3, epochs=2)
-    args = ["study", "create", str(spec), "--storage", url, "--artifact-dir", str(tmp_path / "weights")]
+    args = [
+        "study",
+        "create",
+        str(spec),
+        "--storage",
+        url,
+        "--artifact-dir",
+        str(tmp_path / "weights"),
+    ]
     first = run_tuner(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("study 'made' created in") and "3 trials to run" in first.stdout
     second = run_tuner(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.strip() == "study 'made' exists with this spec and data (no trials); nothing to do"
+    assert (
+        second.stdout.strip()
+        == "study 'made' exists with this spec and data (no trials); nothing to do"
+    )
 
     storage = optuna.storages.RDBStorage(url)
     study = optuna.load_study(study_name="made", storage=storage)
     assert study.get_trials() == []
-    assert study.user_attrs["artifact_dir"] == str(tmp_path / "weights") and (tmp_path / "weights").is_dir()
-    assert study.user_attrs["spec"]["study"]["n_trials"] == 3 and study.user_attrs["data_fingerprint"]
+    assert (
+        study.user_attrs["artifact_dir"] == str(tmp_path / "weights")
+        and (tmp_path / "weights").is_dir()
+    )
+    assert (
+        study.user_attrs["spec"]["study"]["n_trials"] == 3 and study.user_attrs["data_fingerprint"]
+    )
     assert get_record(storage, "made") is None  # the holdout table exists and is empty
     storage.engine.dispose()
 
-    changed = run_tuner("study", "create", str(write_spec(tmp_path, name="made", n_trials=3, epochs=3)),
-                        "--storage", url, cwd=tmp_path)
+    changed = run_tuner(
+        "study",
+        "create",
+        str(write_spec(tmp_path, name="made", n_trials=3, epochs=3)),
+        "--storage",
+        url,
+        cwd=tmp_path,
+    )
     assert changed.returncode == 2
     assert "was created with a different spec (model.epochs changed)" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1 and "Traceback" not in changed.stderr
@@ -453,14 +611,17 @@ def test_study_create_is_idempotent_and_runs_no_trial(tmp_path):
 
 # ---------------------------------------------------------------------------- end to end
 
+
 @pytest.fixture
 def postgres_url(request):
     """``TUNER_TEST_POSTGRES_URL``; skipped without it (failed with ``TUNER_REQUIRE_POSTGRES=1``).
     The test's studies and holdout rows are deleted afterwards."""
     url = _postgres_url()
     if not url:
-        pytest.skip("the compose job runs against TUNER_TEST_POSTGRES_URL, e.g. "
-                    "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+        pytest.skip(
+            "the compose job runs against TUNER_TEST_POSTGRES_URL, e.g. "
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        )
     yield url
     _drop_studies(url, request.node.study_names)
 
@@ -486,17 +647,22 @@ class LocalService:
         def local(value: str) -> str:
             for target, folder in mounts.items():
                 if value == target or value.startswith(target + "/"):
-                    return str(folder) + value[len(target):]
+                    return str(folder) + value[len(target) :]
             return value
 
         argv = compose_argv(service)
         assert argv[0] == "tuner", argv
         self.argv = [sys.executable, "-m", "tuner", *map(local, argv[1:])]
         env = environment(service)
-        assert env["TUNER_STORAGE"].startswith("postgresql+psycopg://tuner:") and "@postgres:5432/" in env["TUNER_STORAGE"]
+        assert (
+            env["TUNER_STORAGE"].startswith("postgresql+psycopg://tuner:")
+            and "@postgres:5432/" in env["TUNER_STORAGE"]
+        )
         env["TUNER_STORAGE"] = storage_url
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("TUNER_")},
-                    **{k: local(v) for k, v in env.items()}}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TUNER_")},
+            **{k: local(v) for k, v in env.items()},
+        }
         self.cwd = cwd
 
     def set_option(self, option: str, value: str) -> None:
@@ -504,12 +670,19 @@ class LocalService:
         self.argv[self.argv.index(option) + 1] = value
 
     def popen(self) -> subprocess.Popen:
-        return subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def run(self, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv, cwd=self.cwd, env=self.env, text=True, capture_output=True,
-                              timeout=timeout)
+        return subprocess.run(
+            self.argv, cwd=self.cwd, env=self.env, text=True, capture_output=True, timeout=timeout
+        )
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -525,7 +698,8 @@ def test_compose_job_runs_as_local_processes(tmp_path, postgres_url, study_name)
     cwd.mkdir()
     create, worker, finalize, dashboard = (
         LocalService(services[name], root=root, storage_url=postgres_url, cwd=cwd)
-        for name in ("create", "worker", "finalize", "dashboard"))
+        for name in ("create", "worker", "finalize", "dashboard")
+    )
 
     created = create.run()
     assert created.returncode == 0, created.stderr
@@ -543,15 +717,24 @@ def test_compose_job_runs_as_local_processes(tmp_path, postgres_url, study_name)
         for proc in workers:
             stop_process(proc, terminate=False)
     assert [p.returncode for p in workers] == [0, 0], [err for _out, err in outputs]
-    # A worker prints the study's trials finished since its last one, its own and the other's.
-    printed = {int(line.split()[1]) for out, _err in outputs for line in out.splitlines() if line.startswith("trial ")}
-    assert printed == set(range(n_trials)), outputs
+    # Each worker prints the trials it ran, prefixed by its id; together, every trial once.
+    printed = [
+        [words for words in map(str.split, out.splitlines()) if words[:3:2] == ["worker", "trial"]]
+        for out, _err in outputs
+    ]
+    numbers = [[int(words[3]) for words in lines] for lines in printed]
+    assert sorted(numbers[0] + numbers[1]) == list(range(n_trials)), outputs
+    ids = [{words[1] for words in lines} for lines in printed]
+    assert all(len(i) == 1 for i in ids) and ids[0] != ids[1], ids
 
     storage = optuna.storages.RDBStorage(postgres_url)
     try:
         trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
         assert len(trials) == n_trials
-        assert {t.state for t in trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+        assert {t.state for t in trials} <= {
+            optuna.trial.TrialState.COMPLETE,
+            optuna.trial.TrialState.PRUNED,
+        }
         assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
         artifacts = Path(worker.env["TUNER_ARTIFACT_DIR"])
         assert artifacts == root / "artifacts" and any(artifacts.iterdir())
@@ -568,7 +751,9 @@ def test_compose_job_runs_as_local_processes(tmp_path, postgres_url, study_name)
     assert sealed.returncode == 2 and "is sealed" in sealed.stderr
 
     port = _free_port()
-    dashboard.set_option("--host", "127.0.0.1")  # the container's 0.0.0.0, on this machine's loopback only
+    dashboard.set_option(
+        "--host", "127.0.0.1"
+    )  # the container's 0.0.0.0, on this machine's loopback only
     dashboard.set_option("--port", str(port))
     proc = dashboard.popen()
     try:

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import optuna
-
-from tuner.data import load_source, load_training_data, stratified_split
-from tuner.spec import load_spec
-from tuner.storage import get_artifact_store, get_storage
-from tuner.study import create_or_resume, run
-
 from conftest import write_spec
+
+import tuner
+from tuner.data import load_source, stratified_split
 
 
 def _trial_values(spec_path, db_path):
-    spec = load_spec(spec_path)
-    data = load_training_data(spec.data)
-    url = f"sqlite:///{db_path}"
-    storage = get_storage(url)
-    folder = db_path.parent / "artifacts"
-    study = create_or_resume(spec, storage, data, name=spec.name, seed=spec.seed, artifact_dir=folder)
-    run(study, spec, data, storage, get_artifact_store(folder, create=True), n_trials=spec.n_trials, seed=spec.seed)
-    return [(t.state, t.value, t.params, t.intermediate_values) for t in study.get_trials()]
+    study = tuner.create_study(spec_path, storage=f"sqlite:///{db_path}")
+    study.optimize()
+    trials = study.optuna_study.get_trials()
+    return [(t.state, t.value, t.params, t.intermediate_values) for t in trials]
 
 
 def test_changed_test_rows_give_bit_identical_trial_values(tmp_path):
@@ -39,8 +32,10 @@ def test_changed_test_rows_give_bit_identical_trial_values(tmp_path):
     original = _trial_values(spec_a, tmp_path / "a" / "s.db")
     changed = _trial_values(spec_b, tmp_path / "b" / "s.db")
     assert len(original) == 5
-    assert all(state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-               for state, *_ in original)
+    assert all(
+        state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        for state, *_ in original
+    )
     assert original == changed  # bit-identical values, params and per-epoch scores
 
 
@@ -56,7 +51,9 @@ def test_changed_test_rows_of_a_csv_table_give_bit_identical_trial_values(tmp_pa
     table["region"] = rng.choice(["north", "south", "east"], len(table))
     table.loc[rng.choice(len(table), 15, replace=False), "alcohol"] = np.nan
     table["label"] = [wine.target_names[t] for t in wine.target]
-    test_rows = stratified_split(wine.target.to_numpy(), {"train": 0.6, "validation": 0.2, "test": 0.2}, seed=0).test
+    test_rows = stratified_split(
+        wine.target.to_numpy(), {"train": 0.6, "validation": 0.2, "test": 0.2}, seed=0
+    ).test
     changed = table.copy()
     features = [c for c in table.columns if c not in ("region", "label")]
     changed.loc[test_rows, features] = rng.uniform(-1e3, 1e3, (len(test_rows), len(features)))
@@ -68,8 +65,15 @@ def test_changed_test_rows_of_a_csv_table_give_bit_identical_trial_values(tmp_pa
     for folder, data in (("a", table), ("b", changed)):
         (tmp_path / folder).mkdir()
         data.to_csv(tmp_path / folder / "wine.csv", index=False)
-        spec = write_spec(tmp_path / folder, n_trials=4, epochs=3, source="csv:wine.csv",
-                          data_extra='target = "label"\nmissing = "median"\nscaling = "minmax"')
+        spec = write_spec(
+            tmp_path / folder,
+            n_trials=4,
+            epochs=3,
+            source="csv:wine.csv",
+            data_extra='target = "label"\nmissing = "median"\nscaling = "minmax"',
+        )
         values.append(_trial_values(spec, tmp_path / folder / "s.db"))
-    assert len(values[0]) == 4 and any(state == optuna.trial.TrialState.COMPLETE for state, *_ in values[0])
+    assert len(values[0]) == 4 and any(
+        state == optuna.trial.TrialState.COMPLETE for state, *_ in values[0]
+    )
     assert values[0] == values[1]  # bit-identical values, params and per-epoch scores

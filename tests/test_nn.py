@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 
 from tuner.data import load_training_data
-from tuner.nn import (BN_EPS, MLP, OPTIMIZERS, DivergedError, Momentum, activation_statistics,
-                      fit, make_optimizer, weight_std)
+from tuner.nn import (
+    BN_EPS,
+    MLP,
+    OPTIMIZERS,
+    DivergedError,
+    Momentum,
+    activation_statistics,
+    fit,
+    make_optimizer,
+    weight_std,
+)
 from tuner.nn.loss import softmax_cross_entropy
 from tuner.spec import parse_spec_dict
 
@@ -16,7 +25,9 @@ try:
     import torch
 except ImportError:  # torch is an optional extra (bench); the parity tests need it
     torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed (pip install -e '.[bench]')")
+needs_torch = pytest.mark.skipif(
+    torch is None, reason="PyTorch is not installed (pip install -e '.[bench]')"
+)
 
 
 def numerical_gradient(f, p: np.ndarray, h: float = 1e-6) -> np.ndarray:
@@ -42,8 +53,12 @@ def max_relative_error(a: np.ndarray, b: np.ndarray) -> float:
 def _check_gradients(model: MLP, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     analytic = model.gradients(X, y)
     assert set(analytic) == set(model.params)
-    return {key: max_relative_error(analytic[key], numerical_gradient(lambda: model.loss(X, y, train=True), p))
-            for key, p in model.params.items()}
+    return {
+        key: max_relative_error(
+            analytic[key], numerical_gradient(lambda: model.loss(X, y, train=True), p)
+        )
+        for key, p in model.params.items()
+    }
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
@@ -53,12 +68,23 @@ def test_gradients_match_finite_differences(activation, batchnorm, weight_decay)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((10, 5))
     y = rng.integers(0, 3, 10)
-    model = MLP(5, [7, 6], 3, activation=activation, initializer="auto", batchnorm=batchnorm,
-                weight_decay=weight_decay, dtype=np.float64, seed=1)
+    model = MLP(
+        5,
+        [7, 6],
+        3,
+        activation=activation,
+        initializer="auto",
+        batchnorm=batchnorm,
+        weight_decay=weight_decay,
+        dtype=np.float64,
+        seed=1,
+    )
     for k in model.params:  # move gamma, beta and biases away from their initial 1 and 0
         if not k.startswith("W"):
             model.params[k][...] = rng.uniform(0.5, 1.5, model.params[k].shape)
-    expected = {"W1", "W2", "W3", "b3"} | ({"gamma1", "beta1", "gamma2", "beta2"} if batchnorm else {"b1", "b2"})
+    expected = {"W1", "W2", "W3", "b3"} | (
+        {"gamma1", "beta1", "gamma2", "beta2"} if batchnorm else {"b1", "b2"}
+    )
     assert set(model.params) == expected
     errors = _check_gradients(model, X, y)
     assert max(errors.values()) < 1e-6, errors
@@ -105,7 +131,9 @@ def test_batchnorm_evaluation_uses_running_statistics():
     np.testing.assert_allclose(model.buffers["running_var1"], h.var(axis=0, ddof=1), rtol=1e-6)
     # In evaluation a single row is normalized with the running statistics, not its own.
     z = X[:1] @ model.params["W1"]
-    expected = (z - model.buffers["running_mean1"]) / np.sqrt(model.buffers["running_var1"] + BN_EPS)
+    expected = (z - model.buffers["running_mean1"]) / np.sqrt(
+        model.buffers["running_var1"] + BN_EPS
+    )
     np.testing.assert_allclose(model.layers[1].forward(z, train=False), expected, rtol=1e-12)
 
 
@@ -129,18 +157,33 @@ def test_forward_and_gradients_equal_torch():
     loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
     loss.backward()
     twin = MLP(12, [16, 8], 5, dtype=np.float64, seed=5)  # the same weights, for the forward pass
-    np.testing.assert_allclose(twin.forward(X, train=True), logits.detach().numpy(), atol=1e-5, rtol=0)
-    assert ours.loss_and_gradients(X, y) == pytest.approx(loss.item(), abs=1e-5)  # one training pass each
-    pairs = {"W1": layers[0].weight.grad.T, "gamma1": layers[1].weight.grad, "beta1": layers[1].bias.grad,
-             "W2": layers[3].weight.grad.T, "gamma2": layers[4].weight.grad, "beta2": layers[4].bias.grad,
-             "W3": out.weight.grad.T, "b3": out.bias.grad}
+    np.testing.assert_allclose(
+        twin.forward(X, train=True), logits.detach().numpy(), atol=1e-5, rtol=0
+    )
+    assert ours.loss_and_gradients(X, y) == pytest.approx(
+        loss.item(), abs=1e-5
+    )  # one training pass each
+    pairs = {
+        "W1": layers[0].weight.grad.T,
+        "gamma1": layers[1].weight.grad,
+        "beta1": layers[1].bias.grad,
+        "W2": layers[3].weight.grad.T,
+        "gamma2": layers[4].weight.grad,
+        "beta2": layers[4].bias.grad,
+        "W3": out.weight.grad.T,
+        "b3": out.bias.grad,
+    }
     assert set(pairs) == set(ours.params)
     for key, theirs in pairs.items():
         np.testing.assert_allclose(ours.grads[key], theirs.numpy(), atol=1e-5, rtol=0, err_msg=key)
     # Evaluation mode uses the running statistics, which one training pass moved alike.
     for i, bn in ((1, layers[1]), (2, layers[4])):
-        np.testing.assert_allclose(ours.buffers[f"running_mean{i}"], bn.running_mean.numpy(), atol=1e-5, rtol=0)
-        np.testing.assert_allclose(ours.buffers[f"running_var{i}"], bn.running_var.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            ours.buffers[f"running_mean{i}"], bn.running_mean.numpy(), atol=1e-5, rtol=0
+        )
+        np.testing.assert_allclose(
+            ours.buffers[f"running_var{i}"], bn.running_var.numpy(), atol=1e-5, rtol=0
+        )
     with torch.no_grad():
         torch_eval = torch.softmax(net.eval()(torch.from_numpy(X[:3])), dim=1).numpy()
     np.testing.assert_allclose(ours.predict_proba(X[:3]), torch_eval, atol=1e-5, rtol=0)
@@ -183,13 +226,18 @@ def test_weight_decay_is_l2_in_the_loss_and_decoupled_in_adamw():
     penalty = 0.25 * sum(np.sum(plain.params[k] ** 2) for k in ("W1", "W2"))
     assert decayed.loss(X, y) - plain.loss(X, y) == pytest.approx(penalty, rel=1e-12)
     g_plain, g_decayed = plain.gradients(X, y), decayed.gradients(X, y)
-    np.testing.assert_allclose(g_decayed["W1"] - g_plain["W1"], 0.5 * plain.params["W1"], atol=1e-12)
-    np.testing.assert_array_equal(g_decayed["gamma1"], g_plain["gamma1"])  # not on gamma, beta, biases
+    np.testing.assert_allclose(
+        g_decayed["W1"] - g_plain["W1"], 0.5 * plain.params["W1"], atol=1e-12
+    )
+    np.testing.assert_array_equal(
+        g_decayed["gamma1"], g_plain["gamma1"]
+    )  # not on gamma, beta, biases
     np.testing.assert_array_equal(g_decayed["b2"], g_plain["b2"])
     # AdamW with zero gradients: weight matrices shrink by lr * lambda, the rest stays.
     params = {"W1": np.ones((2, 2)), "b1": np.ones(2)}
     make_optimizer("adamw", 0.1, weight_decay=0.5, decay_keys=["W1"]).step(
-        params, {k: np.zeros_like(v) for k, v in params.items()})
+        params, {k: np.zeros_like(v) for k, v in params.items()}
+    )
     np.testing.assert_allclose(params["W1"], 0.95)
     np.testing.assert_array_equal(params["b1"], 1.0)
 
@@ -207,7 +255,7 @@ INITIALIZER_FORMULAS = {
 def test_initializer_std_within_5_percent_of_formula(name):
     sizes = [400, 300, 200, 10]
     model = MLP(sizes[0], sizes[1:-1], sizes[-1], initializer=name, seed=0)
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
         formula = INITIALIZER_FORMULAS[name](n_in, n_out)
         assert weight_std(name, n_in, n_out) == pytest.approx(formula)
         assert model.params[f"W{i}"].std() == pytest.approx(formula, rel=0.05), f"W{i}"
@@ -225,11 +273,19 @@ def test_small_std_collapses_activations_while_scaled_init_keeps_them(activation
     X = np.random.default_rng(0).standard_normal((1000, 100))
     last = {}
     for init in (good, "normal:0.01"):
-        model = MLP(100, [100] * 5, 10, activation=activation, initializer=init, batchnorm=False,
-                    dtype=np.float64, seed=0)
+        model = MLP(
+            100,
+            [100] * 5,
+            10,
+            activation=activation,
+            initializer=init,
+            batchnorm=False,
+            dtype=np.float64,
+            seed=0,
+        )
         last[init] = activation_statistics(model, X)[-1]
     assert last["normal:0.01"]["std"] < 1e-4  # collapsed: about 0.01 * sqrt(100 * k) per layer
-    assert last[good]["std"] > 0.2           # healthy spread in the fifth layer
+    assert last[good]["std"] > 0.2  # healthy spread in the fifth layer
     assert sum(last[good]["histogram"]["counts"]) == 1000 * 100
 
 
@@ -248,8 +304,16 @@ def test_divergence_raises_at_once():
     model = MLP(6, [32], 3, batchnorm=False, seed=0)
     epochs_seen = []
     with pytest.raises(DivergedError) as info:
-        fit(model, X, y, epochs=50, batch_size=20, optimizer=Momentum(1e4), seed=0,
-            on_epoch=lambda e, loss: epochs_seen.append(e))
+        fit(
+            model,
+            X,
+            y,
+            epochs=50,
+            batch_size=20,
+            optimizer=Momentum(1e4),
+            seed=0,
+            on_epoch=lambda e, loss: epochs_seen.append(e),
+        )
     assert info.value.epoch == 1 and epochs_seen == []  # stopped inside the first epoch
     assert info.value.what.startswith("training loss")
 
@@ -292,6 +356,68 @@ def test_training_is_deterministic_for_a_seed():
 def test_bn_mlp_reaches_097_validation_accuracy_on_digits():
     data = load_training_data(parse_spec_dict({"data": {"source": "sklearn:digits"}}).data)
     model = MLP(64, [512, 512], 10, weight_decay=1e-4, seed=0)
-    fit(model, data.X_train, data.y_train, epochs=30, batch_size=32, optimizer=Momentum(0.03), seed=0)
+    fit(
+        model,
+        data.X_train,
+        data.y_train,
+        epochs=30,
+        batch_size=32,
+        optimizer=Momentum(0.03),
+        seed=0,
+    )
     accuracy = np.mean(model.predict(data.X_validation) == data.y_validation)
     assert accuracy >= 0.97
+
+
+def test_parameters_and_gradients_are_views_into_one_flat_buffer_each():
+    model = MLP(5, [7, 6], 3, dtype=np.float64, seed=0)
+    offset = 0
+    for k in model.weight_keys:  # the weight matrices first, in layer order
+        size = model.params[k].size
+        assert np.shares_memory(model.params[k], model.flat_params[offset : offset + size])
+        offset += size
+    assert offset == model.n_weight_entries
+    assert sum(p.size for p in model.params.values()) == model.flat_params.size
+    for k, p in model.params.items():
+        assert np.shares_memory(p, model.flat_params) and p.base is not None, k
+        assert np.shares_memory(model.grads[k], model.flat_grads), k
+    X, y = np.random.default_rng(0).standard_normal((10, 5)), np.arange(10) % 3
+    model.loss_and_gradients(X, y)
+    np.testing.assert_array_equal(
+        model.flat_grads, np.concatenate([model.grads[k].ravel() for k in _layout(model)])
+    )
+
+
+def _layout(model):
+    return model.weight_keys + [k for k in model.params if k not in model.weight_keys]
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_a_step_over_the_flat_groups_equals_steps_per_parameter(name):
+    """fit() steps the two flat groups; the result is that of stepping every parameter on
+    its own (weight decay included: L2 in the loss, or decoupled in AdamW on weights only)."""
+    rng = np.random.default_rng(8)
+    X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    decay = name == "adamw"
+    models = [
+        MLP(5, [7, 6], 3, weight_decay=0.0 if decay else 1e-2, dtype=np.float64, seed=1)
+        for _ in range(2)
+    ]
+    options = {"weight_decay": 0.1, "decay_keys": models[0].weight_keys} if decay else {}
+    grouped, per_key = (make_optimizer(name, 0.05, **options) for _ in range(2))
+    for _ in range(3):
+        models[0].loss_and_gradients(X, y)
+        grouped.step(models[0].param_groups, models[0].grad_groups)
+        models[1].loss_and_gradients(X, y)
+        per_key.step(models[1].params, models[1].grads)
+    for k in models[0].params:
+        np.testing.assert_allclose(
+            models[0].params[k], models[1].params[k], rtol=1e-12, atol=1e-14, err_msg=k
+        )
+
+
+def test_adamw_refuses_to_decay_part_of_a_group():
+    model = MLP(5, [7], 3, seed=0)
+    optimizer = make_optimizer("adamw", 0.01, weight_decay=0.1, decay_keys=["W1"])
+    with pytest.raises(ValueError, match="decay_keys cover only part of the parameter group"):
+        optimizer.step(model.param_groups, model.grad_groups)

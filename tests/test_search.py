@@ -12,42 +12,99 @@ import optuna
 import pandas as pd
 import pytest
 import sqlalchemy
+from conftest import REPO, popen_tuner, run_tuner, stop_process, write_spec
 from optuna.trial import TrialState
 
+import tuner
 from tuner.data import load_training_data
 from tuner.spec import PRUNERS, SAMPLERS, load_spec
-from tuner.storage import get_artifact_store, get_storage
-from tuner.study import create_or_resume, run, stop_after_no_improvement
-
-from conftest import REPO, popen_tuner, run_tuner, stop_process, write_spec
+from tuner.storage import get_storage
+from tuner.study import stop_after_no_improvement
 
 BASE = '[data]\nsource = "sklearn:digits"\n'
 BAD_SPECS = [
     ('[studdy]\nname = "x"\n' + BASE, "studdy: unknown key; did you mean 'study'?"),
     (BASE + 'scalling = "none"\n', "data.scalling: unknown key; did you mean 'scaling'?"),
     ('[data]\ntarget = "y"\n', "data.source: is required"),
-    (BASE + '[search]\nlearning_rat = 0.1\n', "search.learning_rat: unknown key; did you mean 'learning_rate'?"),
-    (BASE + '[search]\nlearning_rate = { low = 0.1, high = 0.01 }\n', "search.learning_rate: low must be < high"),
-    (BASE + '[search]\nweight_decay = { low = 0.0, high = 0.1, log = true }\n', "search.weight_decay.low: must be > 0 when log = true"),
-    (BASE + '[search]\nbatch_size = { choices = [] }\n', "search.batch_size.choices: must be a non-empty list"),
-    (BASE + '[search]\ninitializer = { choices = ["he", "zeros"] }\n', "search.initializer.choices: each choice must be"),
-    (BASE + '[search]\nwidth = { low = 8, high = 64, step = 0.5 }\n', "search.width.step: must be an integer"),
-    (BASE + '[search]\nmomentum = { low = 0.5, high = 1.5 }\n', "search.momentum.high: must be a number in [0, 1)"),
-    (BASE + '[search]\nlearning_rate = { low = 0.01, high = 0.1, log = "yes" }\n', "search.learning_rate.log: must be true or false"),
-    (BASE + '[search]\nlearning_rate = { low = 0.01 }\n', "search.learning_rate: a range needs 'low' and 'high'"),
-    (BASE + '[search]\nbatch_size = { choices = [32, 32] }\n', "search.batch_size.choices: has a repeated choice"),
-    (BASE + '[model]\nepochs = 0\n', "model.epochs: must be an integer in [1, 100000], got 0"),
-    (BASE + '[model]\nepochs = 5\n[search]\nepochs = { low = 2, high = 9 }\n', "search.epochs: is also set as model.epochs"),
-    (BASE + '[model]\nactivation = "gelu"\n', "model.activation: must be 'relu' or 'sigmoid' or 'tanh', got 'gelu'"),
-    (BASE + '[sampler]\nname = "bayes"\n', "sampler.name: must be one of 'tpe', 'random', 'gp', 'cmaes', 'qmc', 'grid'"),
-    (BASE + '[sampler]\nname = "random"\nn_startup_trials = 5\n', "sampler.n_startup_trials: does not apply to sampler 'random'"),
+    (
+        BASE + "[search]\nlearning_rat = 0.1\n",
+        "search.learning_rat: unknown key; did you mean 'learning_rate'?",
+    ),
+    (
+        BASE + "[search]\nlearning_rate = { low = 0.1, high = 0.01 }\n",
+        "search.learning_rate: low must be < high",
+    ),
+    (
+        BASE + "[search]\nweight_decay = { low = 0.0, high = 0.1, log = true }\n",
+        "search.weight_decay.low: must be > 0 when log = true",
+    ),
+    (
+        BASE + "[search]\nbatch_size = { choices = [] }\n",
+        "search.batch_size.choices: must be a non-empty list",
+    ),
+    (
+        BASE + '[search]\ninitializer = { choices = ["he", "zeros"] }\n',
+        "search.initializer.choices: each choice must be",
+    ),
+    (
+        BASE + "[search]\nwidth = { low = 8, high = 64, step = 0.5 }\n",
+        "search.width.step: must be an integer",
+    ),
+    (
+        BASE + "[search]\nmomentum = { low = 0.5, high = 1.5 }\n",
+        "search.momentum.high: must be a number in [0, 1)",
+    ),
+    (
+        BASE + '[search]\nlearning_rate = { low = 0.01, high = 0.1, log = "yes" }\n',
+        "search.learning_rate.log: must be true or false",
+    ),
+    (
+        BASE + "[search]\nlearning_rate = { low = 0.01 }\n",
+        "search.learning_rate: a range needs 'low' and 'high'",
+    ),
+    (
+        BASE + "[search]\nbatch_size = { choices = [32, 32] }\n",
+        "search.batch_size.choices: has a repeated choice",
+    ),
+    (BASE + "[model]\nepochs = 0\n", "model.epochs: must be an integer in [1, 100000], got 0"),
+    (
+        BASE + "[model]\nepochs = 5\n[search]\nepochs = { low = 2, high = 9 }\n",
+        "search.epochs: is also set as model.epochs",
+    ),
+    (
+        BASE + '[model]\nactivation = "gelu"\n',
+        "model.activation: must be 'relu' or 'sigmoid' or 'tanh', got 'gelu'",
+    ),
+    (
+        BASE + '[sampler]\nname = "bayes"\n',
+        "sampler.name: must be one of 'tpe', 'random', 'gp', 'cmaes', 'qmc', 'grid'",
+    ),
+    (
+        BASE + '[sampler]\nname = "random"\nn_startup_trials = 5\n',
+        "sampler.n_startup_trials: does not apply to sampler 'random'",
+    ),
     (BASE + '[sampler]\nname = "grid"\n', "search.learning_rate: the grid sampler needs choices"),
-    (BASE + '[pruner]\nname = "hyperband"\nreduction_factor = 1\n', "pruner.reduction_factor: must be an integer >= 2"),
-    (BASE + '[pruner]\nname = "percentile"\npercentile = 150\n', "pruner.percentile: must be a number in (0, 100)"),
-    (BASE + '[pruner]\nname = "median"\nmin_resource = 2\n', "pruner.min_resource: does not apply to pruner 'median'"),
-    (BASE + '[study]\nstop_after_no_improvement = 0\n', "study.stop_after_no_improvement: must be an integer >= 1"),
-    (BASE + '[study]\nn_trials = 2.5\n', "study.n_trials: must be an integer >= 1, got 2.5"),
-    (BASE + '[search]\nmomentum = { choices = [0.9], per_layer = true }\n', "search.momentum.per_layer: applies to search.width only"),
+    (
+        BASE + '[pruner]\nname = "hyperband"\nreduction_factor = 1\n',
+        "pruner.reduction_factor: must be an integer >= 2",
+    ),
+    (
+        BASE + '[pruner]\nname = "percentile"\npercentile = 150\n',
+        "pruner.percentile: must be a number in (0, 100)",
+    ),
+    (
+        BASE + '[pruner]\nname = "median"\nmin_resource = 2\n',
+        "pruner.min_resource: does not apply to pruner 'median'",
+    ),
+    (
+        BASE + "[study]\nstop_after_no_improvement = 0\n",
+        "study.stop_after_no_improvement: must be an integer >= 1",
+    ),
+    (BASE + "[study]\nn_trials = 2.5\n", "study.n_trials: must be an integer >= 1, got 2.5"),
+    (
+        BASE + "[search]\nmomentum = { choices = [0.9], per_layer = true }\n",
+        "search.momentum.per_layer: applies to search.width only",
+    ),
     ("[data\nsource = 1\n", "is not valid TOML"),
 ]
 
@@ -62,11 +119,15 @@ def bad_spec_results(tmp_path_factory) -> list:
         (folder / "bad.toml").write_text(text)
         folders.append(folder)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda folder: run_tuner("study", "start", "bad.toml", cwd=folder), folders))
-    return list(zip(folders, results))
+        results = list(
+            pool.map(lambda folder: run_tuner("study", "start", "bad.toml", cwd=folder), folders)
+        )
+    return list(zip(folders, results, strict=True))
 
 
-@pytest.mark.parametrize("index", range(len(BAD_SPECS)), ids=[m.split(":")[0] for _, m in BAD_SPECS])
+@pytest.mark.parametrize(
+    "index", range(len(BAD_SPECS)), ids=[m.split(":")[0] for _, m in BAD_SPECS]
+)
 def test_bad_spec_exits_2_with_one_line_naming_the_key(bad_spec_results, index):
     message = BAD_SPECS[index][1]
     folder, result = bad_spec_results[index]
@@ -80,17 +141,14 @@ def test_bad_spec_exits_2_with_one_line_naming_the_key(bad_spec_results, index):
 def _run_in_process(tmp_path, spec_text, name="s"):
     path = tmp_path / f"{name}.toml"
     path.write_text(spec_text)
-    spec = load_spec(path)
-    url = f"sqlite:///{tmp_path / (name + '.db')}"
-    storage = get_storage(url)
-    data = load_training_data(spec.data)
-    folder = tmp_path / f"{name}-artifacts"
-    study = create_or_resume(spec, storage, data, name=spec.name, seed=spec.seed, artifact_dir=folder)
-    run(study, spec, data, storage, get_artifact_store(folder, create=True), n_trials=spec.n_trials, seed=spec.seed)
-    return study
+    study = tuner.create_study(path, storage=f"sqlite:///{tmp_path / (name + '.db')}")
+    study.optimize()
+    return study.optuna_study
 
 
-SMALL = BASE + '''[study]
+SMALL = (
+    BASE
+    + """[study]
 n_trials = {n}
 [model]
 epochs = 3
@@ -98,9 +156,10 @@ epochs = 3
 learning_rate = {{ low = 0.01, high = 0.2, log = true }}
 width = {{ low = 8, high = 32 }}
 batch_size = {{ choices = [64, 128] }}
-'''
+"""
+)
 
-GRID = '''[study]
+GRID = """[study]
 n_trials = 4
 [model]
 epochs = 3
@@ -112,7 +171,7 @@ weight_decay = 1e-4
 initializer = "he"
 [sampler]
 name = "grid"
-'''
+"""
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
@@ -124,7 +183,9 @@ def test_every_sampler_runs_a_study(tmp_path, sampler):
         text = BASE + GRID
     study = _run_in_process(tmp_path, text)
     trials = study.get_trials()
-    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len(trials) == 4 and all(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials
+    )
     if sampler == "grid":  # 2 x 2 x 2 = 8 grid points, 4 distinct ones visited
         assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
 
@@ -139,8 +200,36 @@ def test_every_pruner_runs_a_study(tmp_path, pruner):
         assert counts[TrialState.PRUNED] == 0
 
 
+def test_trial_pngs_are_drawn_for_complete_trials_only(tmp_path):
+    """A pruned trial cannot be the best: it keeps its per-epoch attributes but gets no PNGs,
+    whose drawing took a third of the default study's time."""
+    text = (
+        SMALL.format(n=6).replace("[study]\n", "[study]\ntrial_plots = true\n")
+        + '[pruner]\nname = "percentile"\npercentile = 99.0\nn_startup_trials = 1\n'
+        + "n_warmup_steps = 0\n"
+    )
+    study = _run_in_process(tmp_path, text)
+    states = [t.state for t in study.get_trials()]
+    assert TrialState.COMPLETE in states and TrialState.PRUNED in states, states
+    storage = get_storage(f"sqlite:///{tmp_path / 's.db'}")
+    for t in study.get_trials():
+        pngs = sorted(
+            m.filename
+            for m in optuna.artifacts.get_all_artifact_meta(t, storage=storage)
+            if m.mimetype == "image/png"
+        )
+        expected = [
+            f"trial-{t.number}-activations-at-init.png",
+            f"trial-{t.number}-learning-curve.png",
+        ]
+        assert pngs == (expected if t.state == TrialState.COMPLETE else []), t.number
+        assert len(t.user_attrs["validation_accuracy"]) == len(t.intermediate_values)
+
+
 def test_conditional_and_per_layer_parameters(tmp_path):
-    text = BASE + '''[study]
+    text = (
+        BASE
+        + """[study]
 n_trials = 8
 [model]
 epochs = 2
@@ -152,13 +241,16 @@ momentum = { low = 0.5, high = 0.95 }
 beta1 = { low = 0.8, high = 0.95 }
 dropout = { low = 0.0, high = 0.3 }
 activation = { choices = ["relu", "tanh"] }
-'''
+"""
+    )
     study = _run_in_process(tmp_path, text)
     seen = set()
     for t in study.get_trials():
         p = t.params
         layers = p["hidden_layers"]
-        assert {k for k in p if k.startswith("width_")} == {f"width_{i}" for i in range(1, layers + 1)}
+        assert {k for k in p if k.startswith("width_")} == {
+            f"width_{i}" for i in range(1, layers + 1)
+        }
         assert ("momentum" in p) == (p["optimizer"] == "momentum")
         assert ("beta1" in p) == (p["optimizer"] == "adam")
         assert "width" not in p and "beta2" not in p  # beta2 is fixed, not suggested
@@ -174,7 +266,9 @@ def test_stop_after_no_improvement_stops_the_study():
 
 
 def test_stop_after_no_improvement_from_the_spec(tmp_path):
-    text = SMALL.format(n=30).replace("n_trials = 30", "n_trials = 30\nstop_after_no_improvement = 3")
+    text = SMALL.format(n=30).replace(
+        "n_trials = 30", "n_trials = 30\nstop_after_no_improvement = 3"
+    )
     study = _run_in_process(tmp_path, text)
     trials = study.get_trials()
     best = study.best_trial
@@ -186,20 +280,31 @@ def test_stop_after_no_improvement_from_the_spec(tmp_path):
 def test_interrupt_mid_trial_leaves_no_running_trial_and_start_resumes(tmp_path, signum):
     spec = write_spec(tmp_path, n_trials=4, epochs=150)
     # No pruning: every trial trains all its epochs (a few seconds), so the signal lands mid-trial.
-    spec.write_text(spec.read_text().replace('name = "median"\nn_startup_trials = 2\nn_warmup_steps = 2\n',
-                                             'name = "none"\n'))
+    spec.write_text(
+        spec.read_text().replace(
+            'name = "median"\nn_startup_trials = 2\nn_warmup_steps = 2\n', 'name = "none"\n'
+        )
+    )
     url = f"sqlite:///{tmp_path / 's.db'}"
     proc = popen_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read() if proc.poll() else ""
+            )
             try:  # the study process may still be creating the schema
                 created = (tmp_path / "s.db").exists() and "tiny" in optuna.get_all_study_names(url)
-                trials = optuna.load_study(study_name="tiny", storage=url).get_trials() if created else []
+                trials = (
+                    optuna.load_study(study_name="tiny", storage=url).get_trials()
+                    if created
+                    else []
+                )
             except sqlalchemy.exc.OperationalError:
                 trials = []
-            if any(t.state == TrialState.RUNNING for t in trials) and any(t.state.is_finished() for t in trials):
+            if any(t.state == TrialState.RUNNING for t in trials) and any(
+                t.state.is_finished() for t in trials
+            ):
                 break
             time.sleep(0.05)
         proc.send_signal(signum)
@@ -212,7 +317,9 @@ def test_interrupt_mid_trial_leaves_no_running_trial_and_start_resumes(tmp_path,
     trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
     assert not any(t.state == TrialState.RUNNING for t in trials)
     assert any(t.state == TrialState.FAIL for t in trials)
-    kept = {t.number: t.value for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    kept = {
+        t.number: t.value for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    }
     assert kept
     again = run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -232,15 +339,38 @@ def test_json_lines_output_and_export_round_trip(tmp_path):
     assert all(r["state"] in ("COMPLETE", "PRUNED") and set(r["params"]) for r in lines)
 
     study = optuna.load_study(study_name="tiny", storage=url)
-    for suffix, read in ((".csv", pd.read_csv), (".parquet", pd.read_parquet), (".json", pd.read_json)):
+    for suffix, read in (
+        (".csv", pd.read_csv),
+        (".parquet", pd.read_parquet),
+        (".json", pd.read_json),
+    ):
         out = tmp_path / f"trials{suffix}"
-        exported = run_tuner("study", "export", "tiny", "--storage", url, "--out", str(out), "--intermediate", cwd=tmp_path)
+        exported = run_tuner(
+            "study",
+            "export",
+            "tiny",
+            "--storage",
+            url,
+            "--out",
+            str(out),
+            "--intermediate",
+            cwd=tmp_path,
+        )
         assert exported.returncode == 0, exported.stderr
         df = read(out)
         assert len(df) == 4 and list(df["number"]) == [0, 1, 2, 3]
-        assert {"state", "value", "duration_s", "param_learning_rate", "param_width", "param_batch_size",
-                "param_initializer", "param_weight_decay", "epoch_1"} <= set(df.columns)
-        for t, (_, row) in zip(study.trials, df.iterrows()):
+        assert {
+            "state",
+            "value",
+            "duration_s",
+            "param_learning_rate",
+            "param_width",
+            "param_batch_size",
+            "param_initializer",
+            "param_weight_decay",
+            "epoch_1",
+        } <= set(df.columns)
+        for t, (_, row) in zip(study.trials, df.iterrows(), strict=True):
             assert row["state"] == t.state.name and row["value"] == pytest.approx(t.value)
             assert row["param_learning_rate"] == pytest.approx(t.params["learning_rate"])
             assert row["epoch_1"] == pytest.approx(t.intermediate_values[1])
@@ -249,17 +379,41 @@ def test_json_lines_output_and_export_round_trip(tmp_path):
     listed = run_tuner("study", "list", "--storage", url, cwd=tmp_path)
     assert listed.returncode == 0
     header, row = listed.stdout.splitlines()[:2]
-    assert header.split() == ["name", "running", "complete", "pruned", "fail", "waiting", "best", "sealed"]
+    assert header.split() == [
+        "name",
+        "running",
+        "complete",
+        "pruned",
+        "fail",
+        "waiting",
+        "best",
+        "sealed",
+    ]
     assert row.split()[0] == "tiny" and row.split()[-1] == "False"
 
 
 def test_book_baseline_spec_follows_the_books_protocol():
     spec = load_spec(REPO / "studies" / "book_random_search.toml")
-    assert spec.sampler["name"] == "random" and spec.pruner["name"] == "none" and spec.n_trials == 100
+    assert (
+        spec.sampler["name"] == "random" and spec.pruner["name"] == "none" and spec.n_trials == 100
+    )
     s = spec.search
-    assert (s["learning_rate"].low, s["learning_rate"].high, s["learning_rate"].log) == (1e-6, 1e-2, True)
-    assert (s["weight_decay"].low, s["weight_decay"].high, s["weight_decay"].log) == (1e-8, 1e-4, True)
-    assert (s["hidden_layers"].value, s["width"].value, s["batch_size"].value, s["epochs"].value) == (6, 100, 100, 50)
+    assert (s["learning_rate"].low, s["learning_rate"].high, s["learning_rate"].log) == (
+        1e-6,
+        1e-2,
+        True,
+    )
+    assert (s["weight_decay"].low, s["weight_decay"].high, s["weight_decay"].log) == (
+        1e-8,
+        1e-4,
+        True,
+    )
+    assert (
+        s["hidden_layers"].value,
+        s["width"].value,
+        s["batch_size"].value,
+        s["epochs"].value,
+    ) == (6, 100, 100, 50)
     assert s["optimizer"].value == "sgd" and spec.model["batchnorm"] is False
     data = load_training_data(spec.data)
     assert (len(data.y_train), len(data.y_validation)) == (400, 100)

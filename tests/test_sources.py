@@ -8,8 +8,17 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import people_table, write_mnist
 
-from tuner.data import Dataset, Preprocessor, fingerprint, load_holdout_data, load_source, load_training_data, stratified_split
+from tuner.data import (
+    Dataset,
+    Preprocessor,
+    fingerprint,
+    load_holdout_data,
+    load_source,
+    load_training_data,
+    stratified_split,
+)
 from tuner.data.idx import IdxError, read_idx, write_idx
 from tuner.errors import DataError
 from tuner.spec import load_spec, parse_spec_dict
@@ -21,40 +30,20 @@ def data_spec(**data):
     return parse_spec_dict({"data": data}).data
 
 
-def write_mnist(folder, *, n_train_per_class=6, n_test_per_class=2, compress=False, dtype=np.uint8, seed=0):
-    """A 4x4-pixel MNIST folder: 10 classes, train rows then t10k rows; returns (X, y) as written."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".gz" if compress else ""
-    arrays = {}
-    for part, per_class in (("train", n_train_per_class), ("t10k", n_test_per_class)):
-        labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), per_class))
-        images = rng.integers(0, 256, size=(labels.size, 4, 4)).astype(dtype)
-        write_idx(folder / f"{part}-images-idx3-ubyte{suffix}", images, compress=compress)
-        write_idx(folder / f"{part}-labels-idx1-ubyte{suffix}", labels, compress=compress)
-        arrays[part] = (images.reshape(labels.size, 16), labels)
-    X = np.concatenate([arrays["train"][0], arrays["t10k"][0]])
-    y = np.concatenate([arrays["train"][1], arrays["t10k"][1]])
-    return X, y
-
-
-def people_table(n=60, seed=0):
-    """A small table: numbers, a text column, string labels (two classes, 3:1 apart from rounding)."""
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "age": rng.integers(18, 90, n),
-        "income": rng.normal(50_000, 10_000, n).round(2),
-        "city": rng.choice(["oslo", "bergen", "tromso"], n),
-        "label": np.where(np.arange(n) % 4 == 0, "churn", "stay"),
-    })
-
-
-@pytest.mark.parametrize("name,shape,classes,counts", [
-    ("digits", (1797, 64), [str(d) for d in range(10)], [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]),
-    ("breast_cancer", (569, 30), ["malignant", "benign"], [212, 357]),
-    ("wine", (178, 13), ["class_0", "class_1", "class_2"], [59, 71, 48]),
-    ("iris", (150, 4), ["setosa", "versicolor", "virginica"], [50, 50, 50]),
-])
+@pytest.mark.parametrize(
+    "name,shape,classes,counts",
+    [
+        (
+            "digits",
+            (1797, 64),
+            [str(d) for d in range(10)],
+            [178, 182, 177, 183, 181, 182, 181, 179, 174, 180],
+        ),
+        ("breast_cancer", (569, 30), ["malignant", "benign"], [212, 357]),
+        ("wine", (178, 13), ["class_0", "class_1", "class_2"], [59, 71, 48]),
+        ("iris", (150, 4), ["setosa", "versicolor", "virginica"], [50, 50, 50]),
+    ],
+)
 def test_bundled_sklearn_datasets(name, shape, classes, counts):
     dataset = load_source(f"sklearn:{name}")
     assert dataset.X.shape == shape and dataset.X.dtype == np.float32
@@ -64,8 +53,11 @@ def test_bundled_sklearn_datasets(name, shape, classes, counts):
 
 
 def test_unknown_sklearn_dataset_lists_the_bundled_ones():
-    with pytest.raises(DataError, match="unknown scikit-learn dataset 'mnist'; known: sklearn:digits, "
-                                        "sklearn:breast_cancer, sklearn:wine, sklearn:iris"):
+    with pytest.raises(
+        DataError,
+        match="unknown scikit-learn dataset 'mnist'; known: sklearn:digits, "
+        "sklearn:breast_cancer, sklearn:wine, sklearn:iris",
+    ):
         load_source("sklearn:mnist")
 
 
@@ -77,15 +69,23 @@ def test_csv_with_string_labels_a_feature_subset_and_a_text_column(tmp_path):
     np.testing.assert_array_equal(dataset.y, (table["label"] == "stay").astype(int))
     assert dataset.feature_names == ["age"] and dataset.X.dtype == np.float32
     np.testing.assert_array_equal(dataset.X[:, 0], table["age"].to_numpy(np.float32))
-    assert dataset.categorical_names == ["city"] and dataset.categories == [["bergen", "oslo", "tromso"]]
-    np.testing.assert_array_equal(np.array(dataset.categories[0])[dataset.categorical[:, 0]], table["city"])
+    assert dataset.categorical_names == ["city"] and dataset.categories == [
+        ["bergen", "oslo", "tromso"]
+    ]
+    np.testing.assert_array_equal(
+        np.array(dataset.categories[0])[dataset.categorical[:, 0]], table["city"]
+    )
 
-    every = load_source(f"csv:{tmp_path / 'p.csv'}", target="label")  # features default: all but the target
+    every = load_source(
+        f"csv:{tmp_path / 'p.csv'}", target="label"
+    )  # features default: all but the target
     assert every.feature_names == ["age", "income"] and every.categorical_names == ["city"]
 
 
 def test_csv_with_integer_labels_sorts_them_as_numbers(tmp_path):
-    pd.DataFrame({"x": np.arange(30.0), "y": [10, 2, 1] * 10}).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame({"x": np.arange(30.0), "y": [10, 2, 1] * 10}).to_csv(
+        tmp_path / "d.csv", index=False
+    )
     dataset = load_source(f"csv:{tmp_path / 'd.csv'}", target="y")
     assert dataset.classes == ["1", "2", "10"]
     assert dataset.y[:3].tolist() == [2, 1, 0]
@@ -146,7 +146,10 @@ def test_idx_float32_round_trip_and_malformed_files(tmp_path):
     assert read_idx(tmp_path / "f.idx", tmp_path / "f.idx", ndim=3).shape == (10, 3, 2)
     raw = (tmp_path / "f.idx").read_bytes()
     (tmp_path / "short.idx").write_bytes(raw[:-1])
-    with pytest.raises(IdxError, match=r"truncated: the header announces 5 x 3 x 2 values \(120 bytes\) but the file holds 119"):
+    with pytest.raises(
+        IdxError,
+        match=r"truncated: the header announces 5 x 3 x 2 values \(120 bytes\) but the file holds 119",
+    ):
         read_idx(tmp_path / "short.idx", ndim=3)
     with pytest.raises(IdxError, match="wrong magic number 0x00000D03, expected 0x00000801"):
         read_idx(tmp_path / "f.idx", ndim=1)
@@ -185,7 +188,9 @@ def test_split_is_disjoint_stratified_and_deterministic_on_string_labels(tmp_pat
 
 
 def test_preprocessing_is_fitted_on_the_training_rows_only(tmp_path):
-    table = pd.DataFrame({"x": np.arange(40.0), "colour": ["red", "blue"] * 20, "label": [0, 1] * 20})
+    table = pd.DataFrame(
+        {"x": np.arange(40.0), "colour": ["red", "blue"] * 20, "label": [0, 1] * 20}
+    )
     split = stratified_split(table["label"].to_numpy(), FRACTIONS, seed=0)
     table.loc[split.test[0], "colour"] = "green"  # a category only the test split has
     table.loc[split.validation[0], "x"] = np.nan  # a missing number outside the training split
@@ -209,8 +214,15 @@ def test_preprocessing_is_fitted_on_the_training_rows_only(tmp_path):
 def test_standard_scaling_in_blocks_matches_numpy():
     n = 40_000  # 64 features: blocks of 16,384 rows, so three blocks merged
     X = np.random.default_rng(0).normal(3, 2, size=(n, 64)).astype(np.float32)
-    dataset = Dataset(X=X, y=np.zeros(n, np.int64), classes=["a"], feature_names=[f"f{j}" for j in range(64)],
-                      categorical=np.empty((n, 0), np.int32), categorical_names=[], categories=[])
+    dataset = Dataset(
+        X=X,
+        y=np.zeros(n, np.int64),
+        classes=["a"],
+        feature_names=[f"f{j}" for j in range(64)],
+        categorical=np.empty((n, 0), np.int32),
+        categorical_names=[],
+        categories=[],
+    )
     rows = np.arange(n)
     pre = Preprocessor(scaling="standard", missing="refuse").fit(dataset, rows)
     out = pre.transform(dataset, rows)
@@ -239,12 +251,82 @@ def test_fingerprint_covers_text_columns(tmp_path):
 
 
 def test_table_spec_resolves_its_path_and_parses_back(tmp_path):
-    (tmp_path / "s.toml").write_text('[data]\nsource = "csv:data/t.csv"\ntarget = "y"\nfeatures = ["a", "b"]\n'
-                                     'categorical = "refuse"\nmissing = "mean"\nscaling = "minmax"\n')
+    (tmp_path / "s.toml").write_text(
+        '[data]\nsource = "csv:data/t.csv"\ntarget = "y"\nfeatures = ["a", "b"]\n'
+        'categorical = "refuse"\nmissing = "mean"\nscaling = "minmax"\n'
+    )
     spec = load_spec(tmp_path / "s.toml")
     assert spec.data.source == f"csv:{tmp_path / 'data' / 't.csv'}"
     assert (spec.data.features, spec.data.categorical, spec.data.missing, spec.data.scaling) == (
-        ["a", "b"], "refuse", "mean", "minmax")
+        ["a", "b"],
+        "refuse",
+        "mean",
+        "minmax",
+    )
     assert parse_spec_dict(spec.resolved) == spec
     (tmp_path / "m.toml").write_text('[data]\nsource = "mnist:"\n')
-    assert load_spec(tmp_path / "m.toml").data.source == "mnist:"  # the folder comes from $TUNER_MNIST_DIR at load time
+    assert (
+        load_spec(tmp_path / "m.toml").data.source == "mnist:"
+    )  # the folder comes from $TUNER_MNIST_DIR at load time
+
+
+@pytest.mark.parametrize(
+    "header, target, message",
+    [
+        (
+            "alcohol,hue,cultivar,cultivar",
+            "cultivar",
+            "repeated column name 'cultivar' at columns 3, 4 (counted from 1)",
+        ),
+        ("a,a,b,a", "b", "repeated column name 'a' at columns 1, 2, 4 (counted from 1)"),
+    ],
+)
+def test_csv_with_a_repeated_column_name_is_refused(tmp_path, header, target, message):
+    n = len(header.split(","))
+    rows = "\n".join(",".join(str(i + j) for j in range(n)) for i in range(10))
+    (tmp_path / "r.csv").write_text(f"{header}\n{rows}\n")
+    with pytest.raises(DataError) as error:
+        load_source(f"csv:{tmp_path / 'r.csv'}", target=target)
+    assert str(error.value) == (
+        f"data.source 'csv:{tmp_path / 'r.csv'}': {message}; give each column its own name in "
+        "the header"
+    )
+
+
+def test_parquet_with_a_repeated_column_name_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = [pa.array([1.0, 2.0]), pa.array([3.0, 4.0]), pa.array(["x", "y"])]
+    pq.write_table(pa.table(columns, names=["a", "a", "label"]), tmp_path / "r.parquet")
+    with pytest.raises(DataError, match=r"repeated column name 'a' at columns 1, 2 \(counted"):
+        load_source(f"parquet:{tmp_path / 'r.parquet'}", target="label")
+
+
+def test_data_inspect_names_a_repeated_column(tmp_path):
+    from conftest import run_tuner, write_spec
+
+    (tmp_path / "r.csv").write_text(
+        "alcohol,hue,cultivar,cultivar\n"
+        + "".join(f"{i},{i},c{i % 2},c{i % 2}\n" for i in range(20))
+    )
+    spec = write_spec(tmp_path, source="csv:r.csv", data_extra='target = "cultivar"')
+    result = run_tuner("data", "inspect", str(spec), cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "repeated column name 'cultivar' at columns 3, 4" in result.stderr
+
+
+def test_test_fingerprint_identifies_the_test_rows_alone(tmp_path):
+    write_mnist(tmp_path / "mnist")
+    source = f"mnist:{tmp_path / 'mnist'}"
+    a = load_holdout_data(data_spec(source=source, scaling="none"))
+    b = load_holdout_data(
+        data_spec(
+            source=source, scaling="none", split={"train": 0.3, "validation": 0.5, "test": 0.2}
+        )
+    )
+    # Another train : validation ratio, the same official test rows.
+    assert a.fingerprint != b.fingerprint and a.test_fingerprint == b.test_fingerprint
+    write_mnist(tmp_path / "other", seed=1)
+    c = load_holdout_data(data_spec(source=f"mnist:{tmp_path / 'other'}", scaling="none"))
+    assert c.test_fingerprint != a.test_fingerprint

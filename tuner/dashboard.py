@@ -11,80 +11,42 @@ HEAD. Every write route of optuna-dashboard 0.21 uses another method: ``POST /ap
 /api/studies/<id>/<trial_id>/skip``, the preference routes, artifact upload (``POST``) and
 deletion (``DELETE /api/artifacts/...``), and the schema migration ``POST
 /incompatible-rdb-schema``.
+
+A writable dashboard is wrapped in :class:`SealGuard`: a sealed study (its test split
+evaluated or claimed) cannot be renamed, deleted, told trials or lose artifacts through it,
+since optuna-dashboard renames a study by copying it to a new name and deleting the original.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import signal
 import socket
 from collections.abc import Iterable
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server as _make_wsgi_server
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import make_server as _make_wsgi_server
 
 import optuna
+import sqlalchemy
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from tuner import holdout, schema
 from tuner import storage as storage_module
 from tuner.errors import TunerError
 
 #: Request methods that optuna-dashboard only uses to read.
 READ_METHODS = frozenset({"GET", "HEAD"})
 #: The body of a refused request; optuna-dashboard's page shows ``reason`` to the user.
-READ_ONLY_REASON = ("this tuner dashboard is read-only: it refuses every change (deleting, renaming or "
-                    "creating studies, telling trials, notes, artifacts); to edit, run `tuner dashboard` "
-                    "without --read-only on a loopback host (127.0.0.1)")
-
-
-def study_note(study: optuna.Study, record: dict | None = None) -> str:
-    """The study's note: dataset, split sizes, fingerprint, resolved spec and, once
-    finalized, the locked test ``record`` (from :func:`tuner.holdout.finalize`) with its
-    interval and the validation-test gap."""
-    attrs = study.user_attrs
-    spec = attrs.get("spec", {})
-    data = spec.get("data", {})
-    lines = [
-        f"# {study.study_name}",
-        "",
-        f"- dataset: `{data.get('source')}`, split {data.get('split')} (seed {data.get('seed')}), "
-        f"scaling {data.get('scaling')}",
-        f"- rows: {attrs.get('n_train', '?')} training, {attrs.get('n_validation', '?')} validation; "
-        "the test split is held out for the one locked evaluation",
-        f"- data fingerprint (SHA-256): `{attrs.get('data_fingerprint')}`",
-        "",
-    ]
-    if record and record["completed"]:
-        m = record["metrics"]
-        lines += [
-            "## Locked test evaluation",
-            "",
-            f"- **test accuracy {m['accuracy']:.4f}** (95% Wilson interval {m['accuracy_ci95'][0]:.4f} to "
-            f"{m['accuracy_ci95'][1]:.4f}, n = {record['n_test']}), macro-F1 {m['macro_f1']:.4f}, "
-            f"log loss {m['log_loss']:.4f}",
-            f"- trial {record['trial_number']}, validation {record['validation_value']:.4f}, "
-            f"gap (validation - test) {record['gap']:+.4f}",
-            f"- weights SHA-256 `{record['weights_sha256']}`, recorded {record['completed_at']}",
-            "",
-        ]
-    lines += [
-        "## Trials",
-        "",
-        "Each finished trial has the user attributes `training_loss` and `validation_accuracy` "
-        "(one value per epoch) and two PNG artifacts: its learning curve and its activation "
-        "histograms at initialization. `tuner study report` draws them for the whole study.",
-        "",
-        "## Spec", "", "```json", json.dumps(spec, indent=2), "```",
-    ]
-    return "\n".join(lines)
-
-
-def write_study_note(study: optuna.Study, record: dict | None = None) -> None:
-    """Save :func:`study_note` as the study's dashboard note (replacing the previous one)."""
-    import optuna_dashboard  # 0.6 s to import: only where a note is written or the app served
-
-    optuna_dashboard.save_note(study, study_note(study, record))
+READ_ONLY_REASON = (
+    "this tuner dashboard is read-only: it refuses every change (deleting, renaming or "
+    "creating studies, telling trials, notes, artifacts); to edit, run `tuner dashboard` "
+    "without --read-only on a loopback host (127.0.0.1)"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -94,7 +56,7 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except (socket.gaierror, UnicodeError):
         return False
-    addresses = {info[4][0].split("%", 1)[0] for info in infos}
+    addresses = {str(info[4][0]).split("%", 1)[0] for info in infos}
     return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
 
 
@@ -106,8 +68,10 @@ def resolve_read_only(host: str, read_only: bool) -> tuple[bool, str | None]:
     """
     if is_loopback(host):
         return read_only, None
-    return True, (f"{host!r} is not a loopback address: the dashboard is reachable from other hosts "
-                  "without authentication, so it serves read-only")
+    return True, (
+        f"{host!r} is not a loopback address: the dashboard is reachable from other hosts "
+        "without authentication, so it serves read-only"
+    )
 
 
 #: The notice a read-only dashboard adds to every HTML page, so that people know before a
@@ -130,10 +94,12 @@ class ReadOnly:
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD", "GET").upper() not in READ_METHODS:
             body = json.dumps({"reason": READ_ONLY_REASON}).encode()
-            start_response("403 Forbidden", [("Content-Type", "application/json"),
-                                              ("Content-Length", str(len(body)))])
+            start_response(
+                "403 Forbidden",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
             return [body]
-        response = {}
+        response: dict[str, Any] = {}
 
         def capture(status, headers, exc_info=None):
             response.update(status=status, headers=headers)
@@ -156,6 +122,61 @@ class ReadOnly:
         return [body]
 
 
+#: Write routes that name a study (``/api/studies/<id>...``, ``/api/artifacts/<id>...``) or a
+#: trial (``/api/trials/<id>/...``); the study's note is not guarded.
+_STUDY_ROUTE = re.compile(r"^/api/(?:studies|artifacts)/(\d+)(?:/|$)")
+_TRIAL_ROUTE = re.compile(r"^/api/trials/(\d+)/")
+_NOTE_ROUTE = re.compile(r"/note$")
+
+
+class SealGuard:
+    """WSGI middleware that refuses, with ``403 Forbidden`` and a JSON ``{"reason": ...}``,
+    every change through optuna-dashboard to a sealed study but its notes: rename (a copy to
+    a new name and a delete of the original), delete, telling or skipping trials, trial user
+    attributes, artifact uploads and deletions."""
+
+    def __init__(self, app, storage: optuna.storages.RDBStorage) -> None:
+        self.app, self.storage = app, storage
+
+    def _sealed_study(self, path: str) -> str | None:
+        study_id = None
+        if match := _STUDY_ROUTE.match(path):
+            study_id = int(match.group(1))
+        elif match := _TRIAL_ROUTE.match(path):
+            query = "SELECT study_id FROM trials WHERE trial_id = :trial_id"
+            with self.storage.engine.connect() as conn:
+                study_id = conn.execute(
+                    sqlalchemy.text(query), {"trial_id": int(match.group(1))}
+                ).scalar()
+        if study_id is None:
+            return None
+        try:
+            name = self.storage.get_study_name_from_id(study_id)
+        except KeyError:
+            return None
+        return name if holdout.is_sealed(self.storage, name) else None
+
+    def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        if method not in READ_METHODS and not _NOTE_ROUTE.search(path):
+            name = self._sealed_study(path)
+            if name is not None:
+                reason = (
+                    f"study {name!r} is sealed: its test split was evaluated by `tuner study "
+                    "finalize`, so it cannot be renamed, deleted or changed (a renamed copy would "
+                    "lose the seal); a new study on the same data needs `tuner study finalize NEW "
+                    "--reuse-test`, which counts the extra look at the test rows"
+                )
+                body = json.dumps({"reason": reason}).encode()
+                start_response(
+                    "403 Forbidden",
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+        return self.app(environ, start_response)
+
+
 def _is_html(headers: list[tuple[str, str]]) -> bool:
     return any(k.lower() == "content-type" and v.startswith("text/html") for k, v in headers)
 
@@ -163,24 +184,26 @@ def _is_html(headers: list[tuple[str, str]]) -> bool:
 class StudiesArtifactStore:
     """Optuna's artifact store protocol over the artifact folders of all studies in a storage.
 
-    Each study records its own folder (user attribute ``artifact_dir``), and optuna-dashboard
+    Each study records its own folder (:func:`tuner.schema.artifact_folder`), and optuna-dashboard
     asks one store for an artifact id without naming the study: reads look in every study's
     folder (resolved as :func:`tuner.storage.artifact_dir` does, so ``--artifact-dir`` and
     ``$TUNER_ARTIFACT_DIR`` override them all) and in the storage's default folder. Writes (an
     upload through a writable dashboard) go to the override, else the default folder.
     """
 
-    def __init__(self, url: str, storage: optuna.storages.BaseStorage, override: str | None = None) -> None:
+    def __init__(
+        self, url: str, storage: optuna.storages.BaseStorage, override: str | None = None
+    ) -> None:
         self.url, self.storage, self.override = url, storage, override
 
     def folders(self) -> list[Path]:
         """The folders searched, the one written to first; resolved per call, so that studies
         created while the dashboard runs are found."""
-        from tuner.study import ARTIFACT_DIR_ATTR  # tuner.study imports this module
-
         folders = [storage_module.artifact_dir(self.url, self.override)]
         for study in self.storage.get_all_studies():
-            folder = storage_module.artifact_dir(self.url, self.override, study.user_attrs.get(ARTIFACT_DIR_ATTR))
+            folder = storage_module.artifact_dir(
+                self.url, self.override, schema.artifact_folder(study)
+            )
             if folder not in folders:
                 folders.append(folder)
         return folders
@@ -206,7 +229,8 @@ class StudiesArtifactStore:
 
 def dashboard_app(url: str, *, artifact_dir: str | None = None, read_only: bool = False):
     """optuna-dashboard's WSGI app over the storage ``url`` and its studies' artifact folders
-    (``artifact_dir`` overrides them), wrapped in :class:`ReadOnly` if ``read_only``.
+    (``artifact_dir`` overrides them), wrapped in :class:`ReadOnly` if ``read_only``, else in
+    :class:`SealGuard`.
 
     Raises:
         TunerError: the storage cannot be opened, or it is a SQLite file that does not exist
@@ -215,8 +239,10 @@ def dashboard_app(url: str, *, artifact_dir: str | None = None, read_only: bool 
     storage = storage_module.get_existing_storage(url)
     import optuna_dashboard
 
-    app = optuna_dashboard.wsgi(storage, artifact_store=StudiesArtifactStore(url, storage, artifact_dir))
-    return ReadOnly(app) if read_only else app
+    app = optuna_dashboard.wsgi(
+        storage, artifact_store=StudiesArtifactStore(url, storage, artifact_dir)
+    )
+    return ReadOnly(app) if read_only else SealGuard(app, storage)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -224,8 +250,9 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # no access log: a page load makes dozens of requests; errors are still logged
 
 
-def make_server(url: str, *, host: str, port: int, artifact_dir: str | None = None,
-                read_only: bool = False) -> WSGIServer:
+def make_server(
+    url: str, *, host: str, port: int, artifact_dir: str | None = None, read_only: bool = False
+) -> WSGIServer:
     """A bound (not yet serving) HTTP server of :func:`dashboard_app` on ``host``:``port``.
 
     One request at a time, like optuna-dashboard's own ``run_server`` (wsgiref).
@@ -242,8 +269,10 @@ def make_server(url: str, *, host: str, port: int, artifact_dir: str | None = No
     try:
         return _make_wsgi_server(host, port, app, server_class=Server, handler_class=_QuietHandler)
     except (OSError, OverflowError) as e:
-        raise TunerError(f"cannot serve the dashboard on {host}:{port}: {getattr(e, 'strerror', None) or e}; "
-                         "pick another --port or --host") from None
+        raise TunerError(
+            f"cannot serve the dashboard on {host}:{port}: {getattr(e, 'strerror', None) or e}; "
+            "pick another --port or --host"
+        ) from None
 
 
 def dashboard_url(host: str, port: int) -> str:

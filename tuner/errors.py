@@ -19,3 +19,7 @@ class DataError(TunerError):
 
 class StudyRefused(TunerError):
     """An action the study's state forbids: a sealed study, a second finalize, changed data."""
+
+
+class ArtifactStoreError(TunerError):
+    """The artifact store (model weights, plots) cannot be written: full or read-only."""

@@ -13,17 +13,14 @@ import numpy as np
 import optuna
 from optuna.artifacts import upload_artifact
 
+from tuner import interrupt, schema
 from tuner.data import TrainingData
+from tuner.errors import ArtifactStoreError
 from tuner.nn import MLP, DivergedError, activation_statistics, fit, make_optimizer
+from tuner.plots import draw_activation_histograms, draw_learning_curves
 from tuner.search import suggest
 from tuner.spec import StudySpec
 
-WEIGHTS_ARTIFACT_ATTR = "weights_artifact_id"
-WEIGHTS_SHA256_ATTR = "weights_sha256"
-#: Trial user attributes: per-epoch mean training loss (nats) and validation accuracy, epoch
-#: ``i + 1`` at index ``i``; shorter than ``model.epochs`` for pruned trials.
-TRAINING_LOSS_ATTR = "training_loss"
-VALIDATION_ACCURACY_ATTR = "validation_accuracy"
 #: Bins of the activation histograms at initialization.
 HISTOGRAM_BINS = 50
 #: At most this many training rows (a seeded sample) feed the activation histograms: enough
@@ -67,8 +64,14 @@ def build_optimizer(hp: dict, model: MLP):
     if name in ("momentum", "nesterov"):
         return make_optimizer(name, lr, momentum=hp["momentum"])
     if name == "adamw":
-        return make_optimizer(name, lr, weight_decay=hp["weight_decay"], decay_keys=model.weight_keys,
-                              beta1=hp["beta1"], beta2=hp["beta2"])
+        return make_optimizer(
+            name,
+            lr,
+            weight_decay=hp["weight_decay"],
+            decay_keys=model.weight_keys,
+            beta1=hp["beta1"],
+            beta2=hp["beta2"],
+        )
     if name == "adam":
         return make_optimizer(name, lr, beta1=hp["beta1"], beta2=hp["beta2"])
     return make_optimizer(name, lr)
@@ -93,13 +96,13 @@ class Objective:
 
     Every epoch the validation accuracy is reported as the trial's intermediate value, and
     the pruner may stop the trial. A trial whose loss turns NaN or infinite is pruned with
-    the reason in its user attribute ``diverged``. Every finished trial (complete or pruned)
-    records its per-epoch training loss and validation accuracy as the user attributes
-    ``training_loss`` and ``validation_accuracy``, and uploads two PNG artifacts for the
-    dashboard: its learning curve and its activation histograms at initialization (on the
-    training split, before the first step). A trial whose value is at least the
-    study's best so far saves its model (npz) to the artifact store, with the SHA-256 in the
-    user attribute ``weights_sha256``, so that the locked test evaluation uses exactly the
+    the reason recorded (:func:`tuner.schema.set_diverged`). Every finished trial (complete or
+    pruned) records its per-epoch training loss and validation accuracy
+    (:func:`tuner.schema.set_learning_curves`); every complete trial also uploads two PNG
+    artifacts for the dashboard: its learning curve and its activation histograms at
+    initialization (on the training split, before the first step). A trial whose value is at
+    least the study's best so far saves its model (npz) to the artifact store, with its
+    SHA-256 (:func:`tuner.schema.set_weights`), so that the locked test evaluation uses exactly the
     weights that were scored on validation.
     """
 
@@ -112,56 +115,84 @@ class Objective:
         d = self.data
         model = build_model(self.spec, hp, d.n_features, len(d.classes), init_seed)
         optimizer = build_optimizer(hp, model)
-        init_stats = activation_statistics(model, histogram_rows(d.X_train, init_seed), bins=HISTOGRAM_BINS)
         losses: list[float] = []
         scores: list[float] = []
 
         def on_epoch(epoch: int, train_loss: float) -> None:
-            losses.append(train_loss)
-            scores.append(accuracy(model, d.X_validation, d.y_validation))
-            trial.report(scores[-1], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            with interrupt.deferred():  # a signal waits for the database writes
+                losses.append(train_loss)
+                scores.append(accuracy(model, d.X_validation, d.y_validation))
+                trial.report(scores[-1], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:
-            fit(model, d.X_train, d.y_train, epochs=hp["epochs"],
-                batch_size=hp["batch_size"], optimizer=optimizer, seed=shuffle_seed,
-                on_epoch=on_epoch)
+            with interrupt.interruptible():  # SIGINT or SIGTERM fail the trial mid-epoch
+                fit(
+                    model,
+                    d.X_train,
+                    d.y_train,
+                    epochs=hp["epochs"],
+                    batch_size=hp["batch_size"],
+                    optimizer=optimizer,
+                    seed=shuffle_seed,
+                    on_epoch=on_epoch,
+                )
         except DivergedError as e:
-            trial.set_user_attr("diverged", str(e))
-            self._record_learning(trial, hp, losses, scores, init_stats)
+            schema.set_diverged(trial, str(e))
+            self._record_learning(trial, hp, losses, scores)
             raise optuna.TrialPruned(str(e)) from None
         except optuna.TrialPruned:
-            self._record_learning(trial, hp, losses, scores, init_stats)
+            self._record_learning(trial, hp, losses, scores)
             raise
-        self._record_learning(trial, hp, losses, scores, init_stats)
+        self._record_learning(trial, hp, losses, scores, plots=True)
         value = scores[-1]
         if self._is_best_so_far(trial.study, value):
             self._save_weights(trial, model)
         return value
 
-    def _record_learning(self, trial: optuna.Trial, hp: dict, losses: list[float], scores: list[float],
-                         init_stats: list[dict]) -> None:
-        """Per-epoch user attributes and (unless ``study.trial_plots = false``) the two PNG
-        artifacts of a finished trial."""
-        # Drawn once per trial, when it finishes: per-epoch drawing would dominate a trial's time.
-        from tuner.plots import draw_activation_histograms, draw_learning_curves
+    def _record_learning(
+        self,
+        trial: optuna.Trial,
+        hp: dict,
+        losses: list[float],
+        scores: list[float],
+        *,
+        plots: bool = False,
+    ) -> None:
+        """Per-epoch user attributes and, for a complete trial (``plots``, unless
+        ``study.trial_plots = false``), the two PNG artifacts.
 
-        trial.set_user_attr(TRAINING_LOSS_ATTR, [float(f"{x:.6g}") for x in losses])
-        trial.set_user_attr(VALIDATION_ACCURACY_ATTR, [float(f"{x:.6g}") for x in scores])
-        if not self.spec.resolved["study"]["trial_plots"]:
+        Pruned trials get no PNGs: they cannot be the best trial, and drawing took a third of
+        the default study's time (benchmarks/bench_study.py). The activation histograms are
+        computed here, on a fresh model with the trial's initialization seed (the very weights
+        the trial started from), so that trials without PNGs do not pay for them.
+        """
+        # Drawn once per trial, when it finishes: per-epoch drawing would dominate a trial's time.
+        schema.set_learning_curves(trial, losses, scores)
+        if not (plots and self.spec.resolved["study"]["trial_plots"]):
             return
+        d = self.data
+        init_seed, _ = trial_seeds(self.seed, trial.number)
+        fresh = build_model(self.spec, hp, d.n_features, len(d.classes), init_seed)
+        init_stats = activation_statistics(
+            fresh, histogram_rows(d.X_train, init_seed), bins=HISTOGRAM_BINS
+        )
         n = trial.number
         with tempfile.TemporaryDirectory() as tmp:
-            curve = draw_learning_curves({f"trial {n}": (losses, scores)}, Path(tmp) / f"trial-{n}-learning-curve.png",
-                                         title=f"trial {n}: learning curve")
+            curve = draw_learning_curves(
+                {f"trial {n}": (losses, scores)},
+                Path(tmp) / f"trial-{n}-learning-curve.png",
+                title=f"trial {n}: learning curve",
+            )
             histograms = draw_activation_histograms(
-                {str(hp["initializer"]): init_stats}, Path(tmp) / f"trial-{n}-activations-at-init.png",
+                {str(hp["initializer"]): init_stats},
+                Path(tmp) / f"trial-{n}-activations-at-init.png",
                 title=f"trial {n}: activations at initialization ({hp['activation']}, "
-                      f"{'BatchNorm' if self.spec.model['batchnorm'] else 'no BatchNorm'})")
+                f"{'BatchNorm' if self.spec.model['batchnorm'] else 'no BatchNorm'})",
+            )
             for path in (curve, histograms):
-                upload_artifact(artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial,
-                                mimetype="image/png")
+                self._upload(trial, path, "plots", mimetype="image/png")
 
     def _is_best_so_far(self, study: optuna.Study, value: float) -> bool:
         try:
@@ -175,7 +206,31 @@ class Objective:
             path = Path(tmp) / f"trial-{trial.number}-weights.npz"
             model.save(path)
             digest = sha256_file(path)
-            artifact_id = upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
-                                          study_or_trial=trial)
-        trial.set_user_attr(WEIGHTS_ARTIFACT_ATTR, artifact_id)
-        trial.set_user_attr(WEIGHTS_SHA256_ATTR, digest)
+            artifact_id = self._upload(trial, path, "weights")
+        schema.set_weights(trial, artifact_id, digest)
+
+    def _upload(self, trial: optuna.Trial, path: Path, what: str, **options) -> str:
+        """Upload ``path`` as an artifact of ``trial`` and return its id.
+
+        Raises:
+            ArtifactStoreError: the store cannot be written (full, read-only); the reason is
+                recorded on the trial (:func:`tuner.schema.set_fail_reason`), which then fails.
+        """
+        try:
+            return upload_artifact(
+                artifact_store=self.artifact_store,
+                file_path=str(path),
+                study_or_trial=trial,
+                **options,
+            )
+        except OSError as e:
+            folder = getattr(self.artifact_store, "_base_path", "the artifact folder")
+            reason = (
+                f"cannot save trial {trial.number}'s {what} in {str(folder)!r}: {e.strerror or e}"
+            )
+            schema.set_fail_reason(trial, reason)
+            raise ArtifactStoreError(
+                f"{reason}; trial {trial.number} failed, the finished trials are kept; free "
+                "space or make the folder writable (or pass another --artifact-dir), then run "
+                "the same command again to resume"
+            ) from None

@@ -29,15 +29,24 @@ def _figure(width_in: float, height_in: float):
     return fig
 
 
-def _margins(fig, *, left_in: float, bottom_in: float, top_in: float, wspace: float, hspace: float) -> None:
+def _margins(
+    fig, *, left_in: float, bottom_in: float, top_in: float, wspace: float, hspace: float
+) -> None:
     # Fixed margins in inches: matplotlib's automatic layouts double the drawing time.
     w, h = fig.get_size_inches()
-    fig.subplots_adjust(left=left_in / w, right=1 - 0.1 / w, bottom=bottom_in / h, top=1 - top_in / h,
-                        wspace=wspace, hspace=hspace)
+    fig.subplots_adjust(
+        left=left_in / w,
+        right=1 - 0.1 / w,
+        bottom=bottom_in / h,
+        top=1 - top_in / h,
+        wspace=wspace,
+        hspace=hspace,
+    )
 
 
-def draw_learning_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                         path: Path, *, title: str = "") -> Path:
+def draw_learning_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, *, title: str = ""
+) -> Path:
     """Write a PNG of training loss and validation accuracy per epoch, one line per curve.
 
     Args:
@@ -73,8 +82,9 @@ def draw_learning_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[fl
     return Path(path)
 
 
-def draw_activation_histograms(stats_by_label: Mapping[str, Sequence[dict]], path: Path, *,
-                               title: str = "") -> Path:
+def draw_activation_histograms(
+    stats_by_label: Mapping[str, Sequence[dict]], path: Path, *, title: str = ""
+) -> Path:
     """Write a PNG of activation histograms: one row per label (e.g. initializer), one column
     per hidden layer, as in Saito, "Deep Learning from Scratch", figures 6-10 to 6-14.
 
@@ -110,8 +120,11 @@ def draw_activation_histograms(stats_by_label: Mapping[str, Sequence[dict]], pat
             if top is not None:
                 ax.set_ylim(0, top)
             ax.xaxis.set_major_locator(MaxNLocator(3))
-            ax.set_title(f"layer {layer['layer']}: std {layer['std']:.3g}, "
-                         f"{100 * layer['saturated_fraction']:.0f}% sat.", fontsize="x-small")
+            ax.set_title(
+                f"layer {layer['layer']}: std {layer['std']:.3g}, "
+                f"{100 * layer['saturated_fraction']:.0f}% sat.",
+                fontsize="x-small",
+            )
             ax.tick_params(labelsize="x-small")
             ax.set_yticks([])
             if col == 0:
@@ -119,15 +132,23 @@ def draw_activation_histograms(stats_by_label: Mapping[str, Sequence[dict]], pat
     for col, limits in enumerate(layer_value_limits(stats_by_label)):
         if limits is not None:
             axes[0][col].set_xlim(*limits)
-    _margins(fig, left_in=0.35, bottom_in=0.3, top_in=0.5 if title else 0.25, wspace=0.08, hspace=0.6)
+    _margins(
+        fig, left_in=0.35, bottom_in=0.3, top_in=0.5 if title else 0.25, wspace=0.08, hspace=0.6
+    )
     if title:
         fig.suptitle(title, fontsize="medium")
     fig.savefig(path, format="png")
     return Path(path)
 
 
-def draw_test_result(accuracy: float, interval: tuple[float, float], validation_value: float, path: Path, *,
-                     trial_number: int) -> Path:
+def draw_test_result(
+    accuracy: float,
+    interval: tuple[float, float],
+    validation_value: float,
+    path: Path,
+    *,
+    trial_number: int,
+) -> Path:
     """Write a PNG of the locked test accuracy with its interval (e.g. the 95% Wilson
     interval) beside the validation accuracy of the same trial; accuracies are fractions.
 
@@ -139,7 +160,9 @@ def draw_test_result(accuracy: float, interval: tuple[float, float], validation_
     ax = fig.subplots()
     ax.errorbar([accuracy], [1], xerr=[[accuracy - low], [high - accuracy]], fmt="o", capsize=4)
     ax.plot([validation_value], [0], "D")
-    ax.set_yticks([0, 1], [f"validation (trial {trial_number})", "test, 95% interval"], fontsize="small")
+    ax.set_yticks(
+        [0, 1], [f"validation (trial {trial_number})", "test, 95% interval"], fontsize="small"
+    )
     ax.set_ylim(-0.6, 1.6)
     ax.tick_params(labelsize="small")
     ax.set_xlabel("accuracy", fontsize="small")
@@ -157,14 +180,18 @@ def count_limit(counts: Sequence[int]) -> float | None:
     return SPIKE_CLIP * rest if rest and ordered[-1] > SPIKE_CLIP * rest else None
 
 
-def layer_value_limits(stats_by_label: Mapping[str, Sequence[dict]]) -> list[tuple[float, float] | None]:
+def layer_value_limits(
+    stats_by_label: Mapping[str, Sequence[dict]],
+) -> list[tuple[float, float] | None]:
     """Per hidden layer, the x-axis range shared by all labels: from the lowest value to the
     99th percentile of the widest label (a few extreme values would otherwise squeeze every
     histogram to the left). None for a layer without spread."""
     n_cols = max((len(s) for s in stats_by_label.values()), default=0)
     limits = []
     for col in range(n_cols):
-        histograms = [stats[col]["histogram"] for stats in stats_by_label.values() if col < len(stats)]
+        histograms = [
+            stats[col]["histogram"] for stats in stats_by_label.values() if col < len(stats)
+        ]
         low = min(h["edges"][0] for h in histograms)
         high = max(_quantile(h, 0.99) for h in histograms)
         limits.append((low, high) if high > low else None)
@@ -175,7 +202,7 @@ def _quantile(histogram: dict, q: float) -> float:
     """Upper edge of the bin where the cumulative count first reaches fraction ``q``."""
     counts, edges = histogram["counts"], histogram["edges"]
     target, total = q * sum(counts), 0
-    for count, high in zip(counts, edges[1:]):
+    for count, high in zip(counts, edges[1:], strict=True):
         total += count
         if total >= target:
             return high

@@ -15,17 +15,18 @@ import optuna
 from tuner.spec import OPTIMIZER_PARAMS, Param
 
 
-def _value(trial: optuna.Trial, p: Param, name: str) -> Any:
+def _value(trial: optuna.trial.BaseTrial, p: Param, name: str) -> Any:
     if p.kind == "fixed":
         return p.value
     if p.kind == "categorical":
         return trial.suggest_categorical(name, list(p.choices))
+    low, high = p.bounds()
     if p.kind == "int":
-        return trial.suggest_int(name, p.low, p.high, step=p.step or 1, log=p.log)
-    return trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+        return trial.suggest_int(name, int(low), int(high), step=int(p.step or 1), log=p.log)
+    return trial.suggest_float(name, low, high, step=p.step, log=p.log)
 
 
-def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
+def suggest(trial: optuna.trial.BaseTrial, space: dict[str, Param]) -> dict[str, Any]:
     """One value per search-space entry: fixed values as given, others suggested by Optuna.
 
     Returns:
@@ -39,7 +40,9 @@ def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
         hp[name] = _value(trial, p, name)
     width = space["width"]
     if width.per_layer:
-        hp["widths"] = [_value(trial, width, f"width_{i}") for i in range(1, hp["hidden_layers"] + 1)]
+        hp["widths"] = [
+            _value(trial, width, f"width_{i}") for i in range(1, hp["hidden_layers"] + 1)
+        ]
     else:
         hp["width"] = _value(trial, width, "width")
         hp["widths"] = [hp["width"]] * hp["hidden_layers"]
@@ -61,10 +64,15 @@ def grid(space: dict[str, Param]) -> dict[str, list]:
         if p.kind == "categorical":
             options = list(p.choices)
         else:
+            low, high = p.bounds()
             step = p.step or 1
-            count = int(round((p.high - p.low) / step)) + 1
-            options = [p.low + i * step for i in range(count) if p.low + i * step <= p.high + 1e-12]
-        names = [f"width_{i}" for i in range(1, hidden_layers + 1)] if (name == "width" and p.per_layer) else [name]
+            count = int(round((high - low) / step)) + 1
+            options = [low + i * step for i in range(count) if low + i * step <= high + 1e-12]
+        names = (
+            [f"width_{i}" for i in range(1, hidden_layers + 1)]
+            if (name == "width" and p.per_layer)
+            else [name]
+        )
         for n in names:
             values[n] = options
     return values

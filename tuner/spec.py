@@ -14,15 +14,16 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tuner.data.sources import CATEGORICAL, FILE_SCHEMES, MISSING, TABLE_SCHEMES
+from tuner.data.dataset import DataSpec
+from tuner.data.sources import CATEGORICAL, FILE_SCHEMES, MISSING, SCHEMES, TABLE_SCHEMES
 from tuner.errors import SpecError
 from tuner.nn.initializers import INITIALIZERS, resolve
 from tuner.nn.layers import ACTIVATIONS
 from tuner.nn.optimizers import OPTIMIZERS
 
-METRICS = {"accuracy": "maximize"}
+METRICS: dict[str, Literal["minimize", "maximize"]] = {"accuracy": "maximize"}
 #: Each sampler's options and their defaults (all samplers are Optuna's, seeded).
 SAMPLERS: dict[str, dict[str, Any]] = {
     "tpe": {"n_startup_trials": 10},
@@ -47,26 +48,42 @@ SEARCHABLE_MODEL_KEYS = ("hidden_layers", "activation", "epochs", "dropout")
 #: Search parameters whose values are integers.
 INT_PARAMS = ("batch_size", "width", "hidden_layers", "epochs")
 #: The optimizer options suggested only when their optimizer is chosen.
-OPTIMIZER_PARAMS = {"momentum": ("momentum", "nesterov"), "beta1": ("adam", "adamw"),
-                    "beta2": ("adam", "adamw")}
+OPTIMIZER_PARAMS = {
+    "momentum": ("momentum", "nesterov"),
+    "beta1": ("adam", "adamw"),
+    "beta2": ("adam", "adamw"),
+}
 SCALINGS = ("standard", "minmax", "none")
 
 #: Every key's default. ``study.name`` defaults to the spec file's stem and ``data.seed`` to
 #: ``study.seed``.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "study": {"name": None, "metric": "accuracy", "n_trials": 40, "seed": 0,
-              "stop_after_no_improvement": None, "trial_plots": True},
+    "study": {
+        "name": None,
+        "metric": "accuracy",
+        "n_trials": 40,
+        "seed": 0,
+        "stop_after_no_improvement": None,
+        "trial_plots": True,
+    },
     "data": {
         "source": None,
         "target": None,
         "features": None,
         "categorical": "onehot",
         "missing": "refuse",
+        "na_values": [],
         "split": {"train": 0.6, "validation": 0.2, "test": 0.2},
         "scaling": "standard",
         "seed": None,
     },
-    "model": {"hidden_layers": 2, "activation": "relu", "batchnorm": True, "epochs": 30, "dropout": 0.0},
+    "model": {
+        "hidden_layers": 2,
+        "activation": "relu",
+        "batchnorm": True,
+        "epochs": 30,
+        "dropout": 0.0,
+    },
     "search": {
         "learning_rate": {"low": 1e-4, "high": 1.0, "log": True},
         "weight_decay": {"low": 1e-8, "high": 1e-2, "log": True},
@@ -97,17 +114,15 @@ class Param:
     choices: tuple = ()
     per_layer: bool = False  # width only: one value per hidden layer (width_1, width_2, ...)
 
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a float or int range.
 
-@dataclass(frozen=True)
-class DataSpec:
-    source: str
-    target: str | None
-    split: dict[str, float]
-    scaling: str
-    seed: int
-    features: list[str] | None = None
-    categorical: str = "onehot"
-    missing: str = "refuse"
+        Raises:
+            ValueError: the entry is fixed or categorical.
+        """
+        if self.low is None or self.high is None:
+            raise ValueError(f"search.{self.name} is {self.kind}, not a range")
+        return self.low, self.high
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,7 @@ class StudySpec:
 
     name: str
     metric: str
-    direction: str
+    direction: Literal["minimize", "maximize"]
     n_trials: int
     seed: int
     data: DataSpec
@@ -166,13 +181,25 @@ def _int(table: dict, key: str, where: str, minimum: int, maximum: int | None = 
 
 
 def check_study_name(name, key: str = "study.name") -> str:
-    """A study name: a non-blank string of at most :data:`MAX_NAME_LENGTH` characters.
+    """A study name: a non-blank string of at most :data:`MAX_NAME_LENGTH` printable
+    characters (a newline, tab or other control or format character would break every
+    message and ``tuner study list``).
 
     Raises:
         SpecError: naming ``key``.
     """
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
-        _fail(key, f"must be a non-blank string of at most {MAX_NAME_LENGTH} characters, got {name!r:.60}")
+        _fail(
+            key,
+            f"must be a non-blank string of at most {MAX_NAME_LENGTH} characters, got {name!r:.60}",
+        )
+    if not name.isprintable():
+        bad = next(c for c in name if not c.isprintable())
+        _fail(
+            key,
+            f"must be printable, without newlines, tabs or other control characters; got "
+            f"{name!r:.60}, which holds {bad!r}",
+        )
     return name
 
 
@@ -209,14 +236,20 @@ def _valid_initializer(v):
 SEARCH_PARAMS: dict[str, tuple[Any, str]] = {
     "learning_rate": (_positive, "a number > 0"),
     "weight_decay": (_non_negative, "a number >= 0"),
-    "batch_size": (lambda v: _is_int(v) and 2 <= v <= MAX_BATCH_SIZE, f"an integer in [2, {MAX_BATCH_SIZE}]"),
+    "batch_size": (
+        lambda v: _is_int(v) and 2 <= v <= MAX_BATCH_SIZE,
+        f"an integer in [2, {MAX_BATCH_SIZE}]",
+    ),
     "width": (lambda v: _is_int(v) and 1 <= v <= MAX_WIDTH, f"an integer in [1, {MAX_WIDTH}]"),
     "initializer": (_valid_initializer, ", ".join(repr(i) for i in INITIALIZERS) + " (STD > 0)"),
     "optimizer": (lambda v: v in OPTIMIZERS, " or ".join(map(repr, OPTIMIZERS))),
     "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "beta1": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "beta2": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "hidden_layers": (lambda v: _is_int(v) and 1 <= v <= MAX_HIDDEN_LAYERS, f"an integer in [1, {MAX_HIDDEN_LAYERS}]"),
+    "hidden_layers": (
+        lambda v: _is_int(v) and 1 <= v <= MAX_HIDDEN_LAYERS,
+        f"an integer in [1, {MAX_HIDDEN_LAYERS}]",
+    ),
     "activation": (lambda v: v in ACTIVATIONS, " or ".join(map(repr, ACTIVATIONS))),
     "epochs": (lambda v: _is_int(v) and 1 <= v <= MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS}]"),
     "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -249,10 +282,15 @@ def _parse_param(name: str, raw: Any, where: str = "search") -> Param:
         if len(set(map(repr, choices))) != len(choices):
             _fail(f"{key}.choices", f"has a repeated choice: {choices!r}")
         return Param(name, "categorical", choices=tuple(choices), per_layer=per_layer)
-    _check_keys(raw, ["low", "high", "log", "step", *(["per_layer"] if name == "width" else [])], key)
+    _check_keys(
+        raw, ["low", "high", "log", "step", *(["per_layer"] if name == "width" else [])], key
+    )
     for bound in ("low", "high"):
         if bound not in raw:
-            _fail(key, f"a range needs 'low' and 'high' (or use 'choices' or a fixed value); '{bound}' is missing")
+            _fail(
+                key,
+                f"a range needs 'low' and 'high' (or use 'choices' or a fixed value); '{bound}' is missing",
+            )
         if not valid(raw[bound]):
             _fail(f"{key}.{bound}", f"must be {allowed}, got {raw[bound]!r}")
     low, high = raw["low"], raw["high"]
@@ -272,7 +310,15 @@ def _parse_param(name: str, raw: Any, where: str = "search") -> Param:
     is_int = _is_int(low) and _is_int(high) and (step is None or _is_int(step))
     if name in INT_PARAMS and not is_int:
         _fail(f"{key}.step", f"must be an integer for an integer parameter, got {step!r}")
-    return Param(name, "int" if is_int else "float", low=low, high=high, log=log, step=step, per_layer=per_layer)
+    return Param(
+        name,
+        "int" if is_int else "float",
+        low=low,
+        high=high,
+        log=log,
+        step=step,
+        per_layer=per_layer,
+    )
 
 
 def _options(given: dict, where: str, known: dict[str, dict], default_name: str) -> dict:
@@ -285,8 +331,11 @@ def _options(given: dict, where: str, known: dict[str, dict], default_name: str)
         if key != "name" and key not in options:
             others = [n for n, o in known.items() if key in o]
             if others:
-                _fail(f"{where}.{key}", f"does not apply to {where} {name!r} (only to {', '.join(others)}); "
-                      f"its options: {', '.join(options) or 'none'}")
+                _fail(
+                    f"{where}.{key}",
+                    f"does not apply to {where} {name!r} (only to {', '.join(others)}); "
+                    f"its options: {', '.join(options) or 'none'}",
+                )
     _check_keys(given, ["name", *options], where)
     return {"name": name, **copy.deepcopy(options), **copy.deepcopy(given)}
 
@@ -299,11 +348,20 @@ def _check_sampler(sampler: dict, params: dict[str, Param]) -> None:
     if sampler["name"] == "grid":
         for p in params.values():
             if p.kind == "float" and p.step is None:
-                _fail(f"search.{p.name}", "the grid sampler needs choices, a fixed value or a range with a step")
+                _fail(
+                    f"search.{p.name}",
+                    "the grid sampler needs choices, a fixed value or a range with a step",
+                )
             if p.kind in ("int", "float") and p.log:
-                _fail(f"search.{p.name}", "the grid sampler needs choices or a range with a step, not log = true")
+                _fail(
+                    f"search.{p.name}",
+                    "the grid sampler needs choices or a range with a step, not log = true",
+                )
         if params["width"].per_layer and params["hidden_layers"].kind != "fixed":
-            _fail("search.width.per_layer", "the grid sampler needs a fixed hidden_layers for per-layer widths")
+            _fail(
+                "search.width.per_layer",
+                "the grid sampler needs a fixed hidden_layers for per-layer widths",
+            )
 
 
 def _check_pruner(pruner: dict) -> None:
@@ -326,7 +384,9 @@ def _merge(defaults: dict, given: dict, where: str) -> dict:
     return {**copy.deepcopy(defaults), **copy.deepcopy(given)}
 
 
-def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: str = "study") -> StudySpec:
+def parse_spec_dict(
+    raw: dict, *, base_dir: Path | None = None, default_name: str = "study"
+) -> StudySpec:
     """Validate a spec given as a dict (as TOML parses it) and fill in the defaults.
 
     Args:
@@ -353,8 +413,11 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     search = {**copy.deepcopy(DEFAULTS["search"]), **copy.deepcopy(search_raw)}
     for key in SEARCHABLE_MODEL_KEYS:
         if key in search and key in raw.get("model", {}):
-            _fail(f"search.{key}", f"is also set as model.{key}; keep one: a fixed value in [model] "
-                  "or a fixed value or range in [search]")
+            _fail(
+                f"search.{key}",
+                f"is also set as model.{key}; keep one: a fixed value in [model] "
+                "or a fixed value or range in [search]",
+            )
     sampler = _options(raw.get("sampler", {}), "sampler", SAMPLERS, DEFAULTS["sampler"]["name"])
     pruner = _options(raw.get("pruner", {}), "pruner", PRUNERS, DEFAULTS["pruner"]["name"])
 
@@ -369,10 +432,18 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
         _int(study, "stop_after_no_improvement", "study", 1)
 
     if data["source"] is None:
-        _fail("data.source", "is required, e.g. source = \"sklearn:digits\"")
+        _fail("data.source", 'is required, e.g. source = "sklearn:digits"')
     if not isinstance(data["source"], str) or ":" not in data["source"]:
-        _fail("data.source", f"must be 'SCHEME:ARGUMENT' such as 'sklearn:digits', got {data['source']!r}")
+        _fail(
+            "data.source",
+            f"must be 'SCHEME:ARGUMENT' such as 'sklearn:digits', got {data['source']!r}",
+        )
     scheme, _, argument = data["source"].partition(":")
+    if scheme not in SCHEMES:  # before any key that depends on the scheme, such as target
+        raise SpecError(
+            f"data.source {data['source']!r}: unknown scheme {scheme!r}; known: "
+            + ", ".join(f"{s}:..." for s in SCHEMES)
+        )
     if scheme in FILE_SCHEMES and base_dir is not None and argument:
         data["source"] = f"{scheme}:{(Path(base_dir) / Path(argument).expanduser()).resolve()}"
     split = data["split"]
@@ -381,7 +452,10 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     _check_keys(split, DEFAULTS["data"]["split"], "data.split")
     missing = [k for k in DEFAULTS["data"]["split"] if k not in split]
     if missing:
-        _fail("data.split", f"needs train, validation and test fractions; {', '.join(map(repr, missing))} missing")
+        _fail(
+            "data.split",
+            f"needs train, validation and test fractions; {', '.join(map(repr, missing))} missing",
+        )
     for part, fraction in split.items():
         if not _is_number(fraction) or not 0 < fraction < 1:
             _fail(f"data.split.{part}", f"must be a fraction in (0, 1), got {fraction!r}")
@@ -394,44 +468,89 @@ def parse_spec_dict(raw: dict, *, base_dir: Path | None = None, default_name: st
     _int(data, "seed", "data", 0, MAX_SEED)
     if data["target"] is not None:
         if scheme not in TABLE_SCHEMES:
-            _fail("data.target", f"names the label column of a table source ({', '.join(TABLE_SCHEMES) or 'none yet'}); "
-                  f"{scheme}: sources carry their labels, so remove it")
+            _fail(
+                "data.target",
+                f"names the label column of a table source ({', '.join(TABLE_SCHEMES) or 'none yet'}); "
+                f"{scheme}: sources carry their labels, so remove it",
+            )
         if not isinstance(data["target"], str) or not data["target"]:
             _fail("data.target", f"must be a column name, got {data['target']!r}")
     elif scheme in TABLE_SCHEMES:
-        _fail("data.target", f"is required for a {scheme}: source: name the label column, e.g. target = \"label\"")
-    for key in ("features", "categorical"):
+        _fail(
+            "data.target",
+            f'is required for a {scheme}: source: name the label column, e.g. target = "label"',
+        )
+    for key in ("features", "categorical", "na_values"):
         # The resolved spec (parsed again on resume) holds every key with its default.
         if data[key] != DEFAULTS["data"][key] and scheme not in TABLE_SCHEMES:
-            _fail(f"data.{key}", f"applies to table sources ({', '.join(TABLE_SCHEMES)}) only; remove it for a {scheme}: source")
+            _fail(
+                f"data.{key}",
+                f"applies to table sources ({', '.join(TABLE_SCHEMES)}) only; remove it for a {scheme}: source",
+            )
     features = data["features"]
     if features is not None:
-        if (not isinstance(features, list) or not features
-                or not all(isinstance(f, str) and f for f in features)):
+        if (
+            not isinstance(features, list)
+            or not features
+            or not all(isinstance(f, str) and f for f in features)
+        ):
             _fail("data.features", f"must be a non-empty list of column names, got {features!r}")
         if len(set(features)) != len(features):
             _fail("data.features", f"names a column twice: {features!r}")
         if data["target"] in features:
-            _fail("data.features", f"includes the target column {data['target']!r}; a label cannot be a feature")
+            _fail(
+                "data.features",
+                f"includes the target column {data['target']!r}; a label cannot be a feature",
+            )
+    na_values = data["na_values"]
+    if not isinstance(na_values, list) or not all(isinstance(v, str) for v in na_values):
+        _fail(
+            "data.na_values",
+            f'must be a list of texts that mark a missing value, e.g. ["NA", "?"], got {na_values!r}',
+        )
     _choice(data, "categorical", "data", CATEGORICAL)
     _choice(data, "missing", "data", MISSING)
 
     _bool(model, "batchnorm", "model")
-    params = {name: _parse_param(name, value, "model") for name, value in model.items()
-              if name in SEARCHABLE_MODEL_KEYS and name not in search}
+    params = {
+        name: _parse_param(name, value, "model")
+        for name, value in model.items()
+        if name in SEARCHABLE_MODEL_KEYS and name not in search
+    }
     params.update({name: _parse_param(name, value) for name, value in search.items()})
     _check_sampler(sampler, params)
     _check_pruner(pruner)
 
-    resolved = {"study": study, "data": data, "model": model, "search": search,
-                "sampler": sampler, "pruner": pruner}
+    resolved = {
+        "study": study,
+        "data": data,
+        "model": model,
+        "search": search,
+        "sampler": sampler,
+        "pruner": pruner,
+    }
     return StudySpec(
-        name=study["name"], metric=study["metric"], direction=METRICS[study["metric"]],
-        n_trials=study["n_trials"], seed=study["seed"],
-        data=DataSpec(source=data["source"], target=data["target"], split=data["split"],
-                      scaling=data["scaling"], seed=data["seed"], features=data["features"],
-                      categorical=data["categorical"], missing=data["missing"]),
-        model=model, search=params, sampler=sampler, pruner=pruner, resolved=resolved,
+        name=study["name"],
+        metric=study["metric"],
+        direction=METRICS[study["metric"]],
+        n_trials=study["n_trials"],
+        seed=study["seed"],
+        data=DataSpec(
+            source=data["source"],
+            target=data["target"],
+            split=data["split"],
+            scaling=data["scaling"],
+            seed=data["seed"],
+            features=data["features"],
+            categorical=data["categorical"],
+            missing=data["missing"],
+            na_values=tuple(data["na_values"]),
+        ),
+        model=model,
+        search=params,
+        sampler=sampler,
+        pruner=pruner,
+        resolved=resolved,
     )
 
 
@@ -445,9 +564,13 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(f"spec file {str(path)!r} not found; pass the path of a .toml spec such as studies/digits.toml") from None
+        raise SpecError(
+            f"spec file {str(path)!r} not found; pass the path of a .toml spec such as studies/digits.toml"
+        ) from None
     except UnicodeDecodeError:
-        raise SpecError(f"spec file {str(path)!r} is not UTF-8 text; pass a .toml spec such as studies/digits.toml") from None
+        raise SpecError(
+            f"spec file {str(path)!r} is not UTF-8 text; pass a .toml spec such as studies/digits.toml"
+        ) from None
     except OSError as e:
         raise SpecError(f"spec file {str(path)!r} cannot be read: {e.strerror}") from None
     try:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import functools
+import hashlib
 import os
 import sqlite3
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -63,6 +67,66 @@ HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 30
 #: How often a trial of a killed worker is retried.
 MAX_RETRY = 3
+#: The grace period must be at least this many heartbeat intervals (Optuna's own default is
+#: two): then a live trial is failed only after missing a whole heartbeat, not for a late one.
+MIN_GRACE_INTERVALS = 2
+
+
+def check_heartbeat(heartbeat_interval: int, grace_period: int) -> None:
+    """Refuse a grace period that would fail live trials.
+
+    Raises:
+        TunerError: ``grace_period`` < :data:`MIN_GRACE_INTERVALS` x ``heartbeat_interval``.
+    """
+    least = MIN_GRACE_INTERVALS * heartbeat_interval
+    if grace_period < least:
+        raise TunerError(
+            f"--grace-period {grace_period} must be at least {MIN_GRACE_INTERVALS} x "
+            f"--heartbeat-interval {heartbeat_interval} = {least} seconds, or running trials whose "
+            "heartbeat is a little late are failed as stale; raise --grace-period or lower "
+            "--heartbeat-interval"
+        )
+
+
+#: Key of the PostgreSQL advisory lock held while a process creates or checks the schema.
+SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"tuner:schema").digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold, while the block runs, a lock that every process creating tables in the database
+    of ``url`` takes: ``pg_advisory_lock`` on PostgreSQL, an ``flock`` on the file beside a
+    SQLite database (the one of :func:`tuner.budget.study_lock`).
+
+    ``CREATE TABLE`` is not safe under concurrency: processes that find the tables missing all
+    create them, and all but one fail (PostgreSQL: ``duplicate key value violates unique
+    constraint "pg_type_typname_nsp_index"``; SQLite: ``table studies already exists``).
+    Under this lock the first process creates the tables and the others find them.
+    """
+    parsed = _parse(url)
+    path = _sqlite_path(parsed)
+    if path is not None:
+        with open(f"{path}.trials.lock", "a") as f:  # released when the process dies
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    elif parsed.get_backend_name() == "postgresql":
+        engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:  # a session lock: released when the session ends
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(
+                        sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY}
+                    )
+        finally:
+            engine.dispose()
+    else:
+        yield
 
 
 def _serialize_sqlite_writes(engine: sqlalchemy.Engine) -> None:
@@ -94,9 +158,187 @@ def _serialize_sqlite_writes(engine: sqlalchemy.Engine) -> None:
     engine.dispose()  # connections made before the listeners existed
 
 
-@functools.lru_cache(maxsize=None)
-def get_storage(url: str, *, heartbeat_interval: int | None = None,
-                grace_period: int | None = None) -> optuna.storages.RDBStorage:
+#: How often the schema is looked at again when a process outside :func:`schema_lock` (an
+#: Optuna script, optuna-dashboard) created the same tables at the same moment.
+SCHEMA_RACE_RETRIES = 5
+
+
+def _lost_schema_race(e: sqlalchemy.exc.SQLAlchemyError) -> bool:
+    """Whether ``e`` is what ``CREATE TABLE`` or the first version row gives when another
+    process created them between Optuna's check and its own statement."""
+    text = str(getattr(e, "orig", e)).lower()
+    return isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in text
+
+
+#: The one server encoding tuner accepts: Optuna stores parameters and attributes as JSON
+#: text, and under another encoding the driver returns bytes (SQL_ASCII) or refuses characters.
+POSTGRES_ENCODING = "UTF8"
+
+
+def _postgres_connect_args(parsed: sqlalchemy.URL) -> dict[str, str]:
+    """Connection options of a PostgreSQL engine: an ``application_name`` of ``tuner:PID``
+    unless the URL or ``$PGAPPNAME`` names one, so that an administrator (or a test) can tell
+    each process's sessions apart in ``pg_stat_activity``."""
+    if "application_name" in parsed.query or os.environ.get("PGAPPNAME"):
+        return {}
+    return {"application_name": f"tuner:{os.getpid()}"}
+
+
+def check_postgres_encoding(parsed: sqlalchemy.URL) -> None:
+    """Refuse a PostgreSQL database whose server encoding is not UTF8.
+
+    The probe connects with ``client_encoding=utf8``: on a SQL_ASCII database the driver
+    otherwise returns bytes, and SQLAlchemy's first query (the server version) fails with a
+    ``TypeError`` before any of ours could run.
+
+    Raises:
+        TunerError: the database's encoding is not :data:`POSTGRES_ENCODING`.
+        sqlalchemy.exc.SQLAlchemyError: the database cannot be reached.
+    """
+    engine = sqlalchemy.create_engine(
+        parsed, poolclass=sqlalchemy.pool.NullPool, connect_args={"client_encoding": "utf8"}
+    )
+    try:
+        with engine.connect() as conn:
+            encoding = conn.execute(sqlalchemy.text("SHOW server_encoding")).scalar()
+    finally:
+        engine.dispose()
+    if encoding != POSTGRES_ENCODING:
+        name = parsed.database or "?"
+        raise TunerError(
+            f"storage {parsed.render_as_string(hide_password=True)!r}: database {name!r} has "
+            f"encoding {encoding}, tuner needs {POSTGRES_ENCODING}; nothing was written to it; "
+            f"create the database with CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE "
+            "template0 and pass its URL"
+        )
+
+
+class _RDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeats survive a lost connection.
+
+    Optuna records heartbeats in a thread that ends, printing a traceback, at the first
+    database error (a connection cut, the server restarting). Here a failed heartbeat is
+    skipped and the next one, ``heartbeat_interval`` seconds later, takes a new connection
+    (``pool_pre_ping``); the trial is failed as stale only if heartbeats stay missing for
+    the whole grace period.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            pass
+
+
+#: Seconds a worker waits for the database to come back after a lost connection (a server
+#: restart or failover takes a few), before it stops with one line.
+RECONNECT_TIMEOUT_S = 60
+#: Seconds between attempts to reach the database again.
+RECONNECT_POLL_S = 1.0
+
+
+def lost_connection(error: BaseException) -> BaseException | None:
+    """The error in ``error``'s cause chain that says a database connection was cut or could
+    not be made (SQLAlchemy's ``OperationalError``, a ``DBAPIError`` that invalidated its
+    connection, or the ``PendingRollbackError`` of a session left on a cut connection), else
+    None; always None for SQLite, whose errors are about the file. Optuna's storage wraps them in ``StorageInternalError``, whose own message blames
+    "invalid data"."""
+    seen: BaseException | None = error
+    pending = None
+    while seen is not None:
+        if isinstance(getattr(seen, "orig", None), sqlite3.Error):
+            return None  # a local file has no connection to lose ("database is locked", full)
+        if isinstance(seen, sqlalchemy.exc.OperationalError):
+            return seen  # the driver's own words: "terminating connection due to ..."
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return seen
+        if isinstance(seen, sqlalchemy.exc.PendingRollbackError):
+            pending = pending or seen
+        seen = seen.__cause__ or seen.__context__
+    return pending
+
+
+def start_heartbeats_of_orphans(storage: optuna.storages.RDBStorage, study_id: int) -> int:
+    """Record a first heartbeat for every RUNNING trial of the study that has none, and return
+    how many there were.
+
+    A connection cut inside ``study.ask``, or a worker killed there, can leave a trial
+    RUNNING that no process runs:
+    its row was created (or a WAITING retry taken) but the worker never learnt its number, nor
+    started its heartbeat. Optuna fails as stale only trials whose heartbeat is old, so such a
+    trial would hold a slot of the budget for ever; with a heartbeat it is failed and retried
+    after the grace period. A trial that another worker has just started gets its own
+    heartbeats anyway (Optuna updates the row). Without heartbeats, does nothing.
+    """
+    if storage.get_heartbeat_interval() is None:
+        return 0
+    query = sqlalchemy.text(
+        "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+    )
+    with storage.engine.connect() as conn:
+        orphans = [row[0] for row in conn.execute(query, {"study_id": study_id})]
+    for trial_id in orphans:
+        optuna.storages.RDBStorage.record_heartbeat(storage, trial_id)
+    return len(orphans)
+
+
+def wait_for_database(
+    storage: optuna.storages.RDBStorage, *, timeout: float = RECONNECT_TIMEOUT_S
+) -> None:
+    """Return once the storage's database answers a query again, trying every
+    :data:`RECONNECT_POLL_S` seconds for at most ``timeout`` seconds. Dead pooled connections
+    are replaced on the way (``pool_pre_ping``).
+
+    Raises:
+        TunerError: the database did not answer within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with storage.engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT 1"))
+            storage.scoped_session.remove()  # a session left on a cut connection
+            return
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            if time.monotonic() >= deadline:
+                raise TunerError(
+                    f"storage {storage.engine.url.render_as_string(hide_password=True)!r}: the database connection was "
+                    f"lost and not back within {timeout:g} s ({first_line(e)}); finished trials "
+                    "are kept; once the database is up, run the same command again to resume"
+                ) from None
+            time.sleep(RECONNECT_POLL_S)
+
+
+def _open_rdb_storage(url: str, engine_kwargs: dict, heartbeat: dict) -> optuna.storages.RDBStorage:
+    """``optuna.storages.RDBStorage(url, ...)``, looked at again when the schema was being
+    created by a process that does not take :func:`schema_lock`.
+
+    Optuna creates missing tables with ``metadata.create_all`` (check, then ``CREATE TABLE``)
+    and then inserts its version row; a process that is not tuner (a user's Optuna script,
+    optuna-dashboard, a test polling the file) can do the same between our check and our
+    statement, and ours then fails with ``table ... already exists`` or a duplicate key. The
+    next attempt finds the tables and the row, and opens the storage.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: any other error, or the race lost
+            :data:`SCHEMA_RACE_RETRIES` times.
+    """
+    attempt = 1
+    while True:
+        try:
+            return _RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            if attempt == SCHEMA_RACE_RETRIES or not _lost_schema_race(e):
+                raise
+            time.sleep(0.1 * attempt)
+            attempt += 1
+
+
+@functools.cache
+def get_storage(
+    url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for ``url``, one per process (its engine is shared by our tables
     and disposed at exit).
 
@@ -107,12 +349,19 @@ def get_storage(url: str, *, heartbeat_interval: int | None = None,
     :data:`MAX_RETRY` times.
 
     Raises:
-        TunerError: the URL is malformed, its driver missing, or the database cannot be opened.
+        TunerError: the URL is malformed, its driver missing, or the database cannot be opened;
+            or the grace period is too short for the heartbeat interval (:func:`check_heartbeat`);
+            or a PostgreSQL database is not UTF8 (:func:`check_postgres_encoding`).
     """
+    if heartbeat_interval:
+        check_heartbeat(heartbeat_interval, grace_period or GRACE_PERIOD_S)
     parsed = _parse(url)
     path = _sqlite_path(parsed)
     if path is not None and not path.parent.is_dir():
-        raise TunerError(f"storage {url!r}: folder {str(path.parent)!r} does not exist; create it or pick another path")
+        raise TunerError(
+            f"storage {url!r}: folder {str(path.parent)!r} does not exist; create it or pick another path"
+        )
+    engine_kwargs: dict[str, Any]
     try:
         if path is not None:
             # WAL lets readers run beside one writer; the setting is kept in the file.
@@ -121,13 +370,22 @@ def get_storage(url: str, *, heartbeat_interval: int | None = None,
             engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
         else:
             engine_kwargs = {"pool_pre_ping": True}
+            if parsed.get_backend_name() == "postgresql":
+                check_postgres_encoding(parsed)
+                engine_kwargs["connect_args"] = _postgres_connect_args(parsed)
         with warnings.catch_warnings():  # heartbeats are experimental in Optuna; we rely on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             heartbeat = {}
             if heartbeat_interval:
-                heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period or GRACE_PERIOD_S,
-                             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)}
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+                heartbeat = {
+                    "heartbeat_interval": heartbeat_interval,
+                    "grace_period": grace_period or GRACE_PERIOD_S,
+                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRY
+                    ),
+                }
+            with schema_lock(url):  # Optuna creates its tables here when they are missing
+                storage = _open_rdb_storage(url, engine_kwargs, heartbeat)
     except ImportError:
         raise TunerError(
             f"storage {mask_url(url)!r}: the database driver is not installed; for PostgreSQL run "
@@ -150,9 +408,58 @@ def get_existing_storage(url: str, **options) -> optuna.storages.RDBStorage:
     """
     path = _sqlite_path(_parse(url))
     if path is not None and not path.is_file():
-        raise TunerError(f"storage {url!r}: no database file {str(path)!r}; run `tuner study start SPEC` "
-                         "first or pass the study's --storage")
+        raise TunerError(
+            f"storage {url!r}: no database file {str(path)!r}; run `tuner study start SPEC` "
+            "first or pass the study's --storage"
+        )
+    if path is not None:
+        problem = _not_optuna_sqlite(path)
+        if problem:
+            raise TunerError(
+                f"storage {url!r}: {str(path)!r} {problem}, not an Optuna study database; "
+                "nothing was written to it; pass the --storage of your studies"
+            )
     return get_storage(url, **options)
+
+
+#: The first 16 bytes of every SQLite 3 database file ("Database File Format", sqlite.org).
+SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Tables every Optuna RDB storage has.
+OPTUNA_TABLES = {"studies", "trials", "version_info"}
+
+
+def _not_optuna_sqlite(path: Path) -> str | None:
+    """What the existing file ``path`` is, if not an Optuna database, else None. Reads only:
+    the header, then the table names through a read-only connection."""
+    with open(path, "rb") as f:
+        header = f.read(len(SQLITE_MAGIC))
+    if not header:
+        return "is an empty file (0 bytes)"
+    if header != SQLITE_MAGIC:
+        return "is not a SQLite database"
+    # Read-only first; a WAL database whose last writer was killed needs its index rebuilt,
+    # which a read-only connection cannot do: then a normal connection reads the names (the
+    # rebuild touches only the -shm file).
+    error = None
+    for connect in (
+        lambda: sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True),
+        lambda: sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S),
+    ):
+        try:
+            with contextlib.closing(connect()) as conn:
+                query = "SELECT name FROM sqlite_master WHERE type='table'"
+                tables = {r[0] for r in conn.execute(query)}
+            break
+        except sqlite3.Error as e:
+            error = e
+    else:
+        return f"is a SQLite file that cannot be read ({error})"
+    missing = OPTUNA_TABLES - tables
+    if missing:
+        held = ", ".join(sorted(tables)[:5]) or "no tables"
+        more = f" and {len(tables) - 5} more" if len(tables) > 5 else ""
+        return f"is a SQLite database without Optuna's tables (it holds {held}{more})"
+    return None
 
 
 @contextlib.contextmanager
@@ -203,14 +510,20 @@ def get_artifact_store(folder: Path, *, create: bool) -> FileSystemArtifactStore
         TunerError: ``folder`` is a file, cannot be created, or (``create=False``) is missing.
     """
     if folder.exists() and not folder.is_dir():
-        raise TunerError(f"artifact folder {str(folder)!r} is a file; pass a folder with --artifact-dir")
+        raise TunerError(
+            f"artifact folder {str(folder)!r} is a file; pass a folder with --artifact-dir"
+        )
     if not folder.exists():
         if not create:
-            raise TunerError(f"artifact folder {str(folder)!r} does not exist; pass the folder that holds "
-                             "the study's weights with --artifact-dir or TUNER_ARTIFACT_DIR")
+            raise TunerError(
+                f"artifact folder {str(folder)!r} does not exist; pass the folder that holds "
+                "the study's weights with --artifact-dir or TUNER_ARTIFACT_DIR"
+            )
         try:
             folder.mkdir(parents=True)
         except OSError as e:
-            raise TunerError(f"artifact folder {str(folder)!r} cannot be created: {e.strerror}; "
-                             "pass another folder with --artifact-dir") from None
+            raise TunerError(
+                f"artifact folder {str(folder)!r} cannot be created: {e.strerror}; "
+                "pass another folder with --artifact-dir"
+            ) from None
     return FileSystemArtifactStore(folder)

@@ -7,6 +7,14 @@ from tuner.data.sources import Dataset, load_source
 from tuner.data.split import Split, stratified_split
 
 __all__ = [
-    "Dataset", "HoldoutData", "Preprocessor", "Split", "TrainingData", "fingerprint", "load_holdout_data",
-    "load_source", "load_training_data", "stratified_split",
+    "Dataset",
+    "HoldoutData",
+    "Preprocessor",
+    "Split",
+    "TrainingData",
+    "fingerprint",
+    "load_holdout_data",
+    "load_source",
+    "load_training_data",
+    "stratified_split",
 ]

@@ -8,15 +8,20 @@ uint32 dimension sizes, then the values in C order, big-endian. ``TYPE`` is one 
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 from pathlib import Path
 
 import numpy as np
 
 #: IDX type byte -> big-endian NumPy dtype.
-IDX_TYPES = {
-    0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+IDX_TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
 }
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK_BYTES = 1 << 24  # read in pieces so that a short read is noticed and memory stays flat
@@ -26,13 +31,13 @@ class IdxError(ValueError):
     """A file that is not a well-formed IDX file; the message says what is wrong."""
 
 
-def _open(path: Path):
+def _open(path: Path) -> io.BufferedIOBase:
     with open(path, "rb") as f:
         gzipped = f.read(2) == GZIP_MAGIC
     return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
-def _read_header(f, ndim: int) -> tuple[tuple[int, ...], np.dtype]:
+def _read_header(f: io.BufferedIOBase, ndim: int) -> tuple[tuple[int, ...], np.dtype]:
     try:
         magic = f.read(4)
     except (OSError, EOFError) as e:  # a corrupt gzip stream
@@ -41,12 +46,14 @@ def _read_header(f, ndim: int) -> tuple[tuple[int, ...], np.dtype]:
         raise IdxError("the file is empty")
     if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in IDX_TYPES or magic[3] != ndim:
         got = "0x" + magic.hex().upper()
-        raise IdxError(f"wrong magic number {got}, expected 0x000008{ndim:02X} (type byte 08-0E, "
-                       f"{ndim} dimension{'s' if ndim > 1 else ''}); is this the right IDX file?")
+        raise IdxError(
+            f"wrong magic number {got}, expected 0x000008{ndim:02X} (type byte 08-0E, "
+            f"{ndim} dimension{'s' if ndim > 1 else ''}); is this the right IDX file?"
+        )
     header = f.read(4 * ndim)
     if len(header) < 4 * ndim:
         raise IdxError(f"truncated: the header ends after {4 + len(header)} bytes")
-    return struct.unpack(f">{ndim}I", header), IDX_TYPES[magic[2]]
+    return tuple(struct.unpack(f">{ndim}I", header)), IDX_TYPES[magic[2]]
 
 
 def idx_shape(path: str | Path, *, ndim: int) -> tuple[tuple[int, ...], np.dtype]:
@@ -62,11 +69,11 @@ def idx_shape(path: str | Path, *, ndim: int) -> tuple[tuple[int, ...], np.dtype
             raise IdxError(f"{Path(path).name}: {e}") from None
 
 
-def _fill(f, buffer: memoryview, shape: tuple[int, ...]) -> None:
+def _fill(f: io.BufferedIOBase, buffer: memoryview, shape: tuple[int, ...]) -> None:
     filled = 0
     try:
         while filled < buffer.nbytes:
-            n = f.readinto(buffer[filled:filled + _CHUNK_BYTES])
+            n = f.readinto(buffer[filled : filled + _CHUNK_BYTES])
             if not n:
                 break
             filled += n
@@ -74,11 +81,15 @@ def _fill(f, buffer: memoryview, shape: tuple[int, ...]) -> None:
     except (OSError, EOFError) as e:
         raise IdxError(f"truncated or corrupt: {e}") from None
     if filled < buffer.nbytes:
-        raise IdxError(f"truncated: the header announces {' x '.join(map(str, shape))} values "
-                       f"({buffer.nbytes} bytes) but the file holds {filled}")
+        raise IdxError(
+            f"truncated: the header announces {' x '.join(map(str, shape))} values "
+            f"({buffer.nbytes} bytes) but the file holds {filled}"
+        )
     if extra:
-        raise IdxError(f"longer than its header says ({' x '.join(map(str, shape))} values); "
-                       "is this the right IDX file?")
+        raise IdxError(
+            f"longer than its header says ({' x '.join(map(str, shape))} values); "
+            "is this the right IDX file?"
+        )
 
 
 def read_idx(*paths: str | Path, ndim: int) -> np.ndarray:
@@ -104,18 +115,20 @@ def read_idx(*paths: str | Path, ndim: int) -> np.ndarray:
     """
     headers = [idx_shape(p, ndim=ndim) for p in paths]
     (first_shape, dtype), rest = headers[0], headers[1:]
-    for p, (shape, other) in zip(paths[1:], rest):
+    for p, (shape, other) in zip(paths[1:], rest, strict=True):
         if shape[1:] != first_shape[1:] or other != dtype:
-            raise IdxError(f"{Path(p).name} holds {shape[1:]} {other.name} items but {Path(paths[0]).name} "
-                           f"holds {first_shape[1:]} {dtype.name}; the files do not belong together")
+            raise IdxError(
+                f"{Path(p).name} holds {shape[1:]} {other.name} items but {Path(paths[0]).name} "
+                f"holds {first_shape[1:]} {dtype.name}; the files do not belong together"
+            )
     array = np.empty((sum(s[0] for s, _ in headers), *first_shape[1:]), dtype=dtype)
     start = 0
-    for p, (shape, _) in zip(paths, headers):
-        part = array[start:start + shape[0]]
+    for p, (shape, _) in zip(paths, headers, strict=True):
+        part = array[start : start + shape[0]]
         with _open(Path(p)) as f:
             _read_header(f, ndim)
             try:
-                _fill(f, memoryview(part.reshape(-1).view(np.uint8)), shape)
+                _fill(f, part.reshape(-1).view(np.uint8).data, shape)
             except IdxError as e:
                 raise IdxError(f"{Path(p).name}: {e}") from None
         start += shape[0]
@@ -134,6 +147,6 @@ def write_idx(path: str | Path, array: np.ndarray, *, compress: bool = False) ->
     array = np.asarray(array)
     code = codes[array.dtype.newbyteorder("=")]
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with (gzip.open(path, "wb", compresslevel=1) if compress else open(path, "wb")) as f:
+    with gzip.open(path, "wb", compresslevel=1) if compress else open(path, "wb") as f:
         f.write(header)
         f.write(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder(">")).tobytes())

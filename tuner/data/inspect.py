@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuner.data.dataset import _fit_preprocessor, _load_and_split
+from tuner.data.dataset import DataSpec, _fit_preprocessor, _load_and_split
 from tuner.data.split import SPLITS, Split
-from tuner.errors import TunerError
+from tuner.files import check_output_file, write_error
 
 
 def split_labels(split: Split, n_rows: int) -> np.ndarray:
@@ -24,20 +24,20 @@ def write_split(path: str, split: Split, n_rows: int) -> None:
     """Write a CSV with columns ``row`` (0-based position in the source) and ``split``.
 
     Raises:
-        TunerError: the file cannot be written.
+        TunerError: the file cannot be written (:func:`tuner.files.check_output_file`).
     """
     import pandas as pd  # only here: every other command starts faster without it
 
     table = pd.DataFrame({"row": np.arange(n_rows), "split": split_labels(split, n_rows)})
+    check_output_file(path, "--split-out")
     try:
         table.to_csv(path, index=False)
     except OSError as e:
-        raise TunerError(f"--split-out {path!r}: cannot write it ({e.strerror}); "
-                         "name a file in an existing, writable folder") from None
+        raise write_error(path, "--split-out", e) from None
 
 
-def inspect_data(data_spec, *, split_out: str | None = None) -> dict:
-    """Describe the dataset of ``data_spec`` (a :class:`tuner.spec.DataSpec`) and its split.
+def inspect_data(data_spec: DataSpec, *, split_out: str | None = None) -> dict:
+    """Describe the dataset of ``data_spec`` (a :class:`DataSpec`) and its split.
 
     Returns:
         A JSON-able dict: ``source``, ``rows``, ``features`` (input columns of the network,
@@ -50,13 +50,17 @@ def inspect_data(data_spec, *, split_out: str | None = None) -> dict:
         DataError: the source cannot be loaded, split or preprocessed.
         TunerError: ``split_out`` cannot be written.
     """
+    if split_out is not None:  # before the data is loaded
+        check_output_file(split_out, "--split-out")
     dataset, split, fp = _load_and_split(data_spec)
     pre = _fit_preprocessor(data_spec, dataset, split)
     splits = {}
     for name in SPLITS:
         counts = np.bincount(dataset.y[getattr(split, name)], minlength=len(dataset.classes))
-        splits[name] = {"rows": int(counts.sum()),
-                        "class_counts": {c: int(n) for c, n in zip(dataset.classes, counts)}}
+        splits[name] = {
+            "rows": int(counts.sum()),
+            "class_counts": {c: int(n) for c, n in zip(dataset.classes, counts, strict=True)},
+        }
     if split_out is not None:
         write_split(split_out, split, dataset.n_rows)
     return {
@@ -81,8 +85,10 @@ def describe(info: dict) -> str:
     features = f"{info['features']}"
     if info["categorical_features"]:
         n_text = info["categorical_features"]
-        features += (f" ({info['numeric_features']} numeric, {n_text} text column{'s' if n_text != 1 else ''} "
-                     "one-hot encoded as fitted on the training split)")
+        features += (
+            f" ({info['numeric_features']} numeric, {n_text} text column{'s' if n_text != 1 else ''} "
+            "one-hot encoded as fitted on the training split)"
+        )
     width = max(len("class"), *(len(c) for c in info["classes"]))
     lines = [
         f"source       {info['source']}",
@@ -90,9 +96,11 @@ def describe(info: dict) -> str:
         f"features     {features}",
         f"classes      {len(info['classes'])}",
         f"  {'class':<{width}}  {'train':>8}  {'validation':>10}  {'test':>8}",
-        *(f"  {c:<{width}}  {splits['train']['class_counts'][c]:>8}  "
-          f"{splits['validation']['class_counts'][c]:>10}  {splits['test']['class_counts'][c]:>8}"
-          for c in info["classes"]),
+        *(
+            f"  {c:<{width}}  {splits['train']['class_counts'][c]:>8}  "
+            f"{splits['validation']['class_counts'][c]:>10}  {splits['test']['class_counts'][c]:>8}"
+            for c in info["classes"]
+        ),
         f"fingerprint  {info['fingerprint']}",
     ]
     if info["split_out"]:

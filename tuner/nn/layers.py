@@ -6,11 +6,16 @@ names a layer is given (``W1``, ``gamma1``, ...); gradients are written into tho
 preallocated arrays. In training mode the layers work in preallocated buffers (one set per
 batch size) and in place; ``forward`` may overwrite its input there, and ``backward`` its
 ``dout``. Evaluation mode allocates fresh arrays and changes nothing.
+
+Sums over the mini-batch (a column sum of a ``(batch, features)`` array, for the BatchNorm
+statistics and the bias and BatchNorm gradients) are written as the matrix-vector product
+``ones @ x``: one BLAS call, several times faster than ``x.sum(axis=0)`` at these shapes.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 #: BatchNorm running-statistics update: running = (1 - momentum) * running + momentum * batch
 #: (the convention of PyTorch's BatchNorm1d).
@@ -19,17 +24,30 @@ BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
 
 
+#: What a layer holds for its backward pass before its first training forward pass: an empty
+#: array (never written), so that the caches are typed as arrays.
+_BEFORE_FORWARD = np.empty((0,), np.float32)
+
+
 class _Buffers:
     """Arrays reused across training steps, one per (name, shape)."""
 
     def __init__(self) -> None:
         self._arrays: dict[tuple, np.ndarray] = {}
 
-    def get(self, name: str, shape: tuple, dtype) -> np.ndarray:
+    def get(self, name: str, shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
         key = (name, shape)
         array = self._arrays.get(key)
         if array is None or array.dtype != dtype:
             array = self._arrays[key] = np.empty(shape, dtype)
+        return array
+
+    def filled(self, name: str, n: int, value: float, dtype: DTypeLike) -> np.ndarray:
+        """A vector ``(n,)`` of ``value``, made once per (name, n, dtype)."""
+        key = (name, n)
+        array = self._arrays.get(key)
+        if array is None or array.dtype != dtype:
+            array = self._arrays[key] = np.full(n, value, dtype)
         return array
 
 
@@ -42,12 +60,19 @@ class Linear:
     layer) skips the gradient with respect to x, which nothing uses.
     """
 
-    def __init__(self, params: dict, grads: dict, weight_key: str, bias_key: str | None,
-                 *, input_grad: bool = True):
+    def __init__(
+        self,
+        params: dict[str, np.ndarray],
+        grads: dict[str, np.ndarray],
+        weight_key: str,
+        bias_key: str | None,
+        *,
+        input_grad: bool = True,
+    ) -> None:
         self.params, self.grads = params, grads
         self.weight_key, self.bias_key, self.input_grad = weight_key, bias_key, input_grad
         self._buffers = _Buffers()
-        self._x: np.ndarray | None = None
+        self._x: np.ndarray = _BEFORE_FORWARD
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         W = self.params[self.weight_key]
@@ -64,7 +89,8 @@ class Linear:
         W = self.params[self.weight_key]
         np.matmul(self._x.T, dout, out=self.grads[self.weight_key])
         if self.bias_key is not None:
-            np.sum(dout, axis=0, out=self.grads[self.bias_key])
+            ones = self._buffers.filled("ones", dout.shape[0], 1.0, dout.dtype)
+            np.matmul(ones, dout, out=self.grads[self.bias_key])
         if not self.input_grad:
             return None
         return np.matmul(dout, W.T, out=self._buffers.get("dx", self._x.shape, W.dtype))
@@ -79,52 +105,80 @@ class BatchNorm1d:
     Shapes: x and y ``(batch, features)``; gamma, beta and running statistics ``(features,)``.
     """
 
-    def __init__(self, params: dict, grads: dict, buffers: dict, index: int):
+    def __init__(
+        self,
+        params: dict[str, np.ndarray],
+        grads: dict[str, np.ndarray],
+        buffers: dict[str, np.ndarray],
+        index: int,
+    ) -> None:
         self.params, self.grads, self.buffers = params, grads, buffers
         self.gamma_key, self.beta_key = f"gamma{index}", f"beta{index}"
         self.mean_key, self.var_key = f"running_mean{index}", f"running_var{index}"
         self._buffers = _Buffers()
-        self._x_hat: np.ndarray | None = None
-        self._inv_std: np.ndarray | None = None
+        self._centered: np.ndarray = _BEFORE_FORWARD
+        self._inv_std: np.ndarray = _BEFORE_FORWARD
+        self._scale: np.ndarray = _BEFORE_FORWARD
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         gamma, beta = self.params[self.gamma_key], self.params[self.beta_key]
         if not train:
             inv_std = 1.0 / np.sqrt(self.buffers[self.var_key] + BN_EPS)
             return (x - self.buffers[self.mean_key]) * (inv_std * gamma) + beta
-        n = x.shape[0]
-        mean = x.mean(axis=0)
-        x_hat = x  # normalized in place: the input buffer is not needed again
-        x_hat -= mean
-        square = self._buffers.get("tmp", x.shape, x.dtype)
-        np.multiply(x_hat, x_hat, out=square)
-        var = square.mean(axis=0)
-        inv_std = 1.0 / np.sqrt(var + BN_EPS)
-        x_hat *= inv_std
-        self._x_hat, self._inv_std = x_hat, inv_std
+        n, features = x.shape
+        buffers = self._buffers
+        # Batch means as (1/n) 1^T x, one matrix-vector product each.
+        averaging = buffers.filled("averaging", n, 1.0 / n, x.dtype)
+        mean = np.matmul(averaging, x, out=buffers.get("mean", (features,), x.dtype))
+        centered = x  # x - mu_B, in place: the input buffer is not needed again
+        centered -= mean
+        square = buffers.get("tmp", x.shape, x.dtype)
+        np.multiply(centered, centered, out=square)
+        var = np.matmul(averaging, square, out=buffers.get("var", (features,), x.dtype))
+        inv_std = buffers.get("inv_std", (features,), x.dtype)
+        np.add(var, BN_EPS, out=inv_std)
+        np.sqrt(inv_std, out=inv_std)
+        np.reciprocal(inv_std, out=inv_std)
+        # y = gamma * x_hat + beta with x_hat = centered * inv_std, as one scaling of the
+        # centered input: x_hat itself is never stored (backward works from centered).
+        scale = np.multiply(gamma, inv_std, out=buffers.get("scale", (features,), x.dtype))
+        self._centered, self._inv_std, self._scale = centered, inv_std, scale
         running_mean, running_var = self.buffers[self.mean_key], self.buffers[self.var_key]
         running_mean *= 1.0 - BN_MOMENTUM
-        running_mean += BN_MOMENTUM * mean
+        mean *= BN_MOMENTUM
+        running_mean += mean
         running_var *= 1.0 - BN_MOMENTUM
-        running_var += (BN_MOMENTUM * n / max(n - 1, 1)) * var  # unbiased batch variance
-        y = np.multiply(x_hat, gamma, out=self._buffers.get("y", x.shape, x.dtype))
+        var *= BN_MOMENTUM * n / max(n - 1, 1)  # unbiased batch variance
+        running_var += var
+        y = np.multiply(centered, scale, out=buffers.get("y", x.shape, x.dtype))
         y += beta
         return y
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        x_hat, n = self._x_hat, dout.shape[0]
-        dbeta = np.sum(dout, axis=0, out=self.grads[self.beta_key])
-        tmp = self._buffers.get("tmp", dout.shape, dout.dtype)
-        np.multiply(dout, x_hat, out=tmp)
-        dgamma = np.sum(tmp, axis=0, out=self.grads[self.gamma_key])
-        # dx = gamma / sqrt(var + eps) * (dout - mean(dout) - x_hat * mean(dout * x_hat)):
-        # the backward pass of Ioffe & Szegedy 2015 (section 3), with mean(dout) = dbeta / n
-        # and mean(dout * x_hat) = dgamma / n.
-        np.multiply(x_hat, dgamma / n, out=tmp)
+        centered, inv_std, scale = self._centered, self._inv_std, self._scale
+        n, features = dout.shape
+        buffers = self._buffers
+        ones = buffers.filled("ones", n, 1.0, dout.dtype)
+        dbeta = np.matmul(ones, dout, out=self.grads[self.beta_key])
+        tmp = buffers.get("tmp", dout.shape, dout.dtype)
+        np.multiply(dout, centered, out=tmp)
+        dgamma = np.matmul(ones, tmp, out=self.grads[self.gamma_key])
+        dgamma *= inv_std  # sum(dout * x_hat) = inv_std * sum(dout * centered)
+        # The closed-form backward pass of Ioffe & Szegedy 2015 (section 3), with
+        # mean(dout) = dbeta / n and mean(dout * x_hat) = dgamma / n:
+        #   dx = gamma * inv_std * (dout - mean(dout) - x_hat * mean(dout * x_hat))
+        #      = scale * dout - centered * (scale * inv_std * dgamma / n) - scale * dbeta / n.
+        per_centered = buffers.get("per_centered", (features,), dout.dtype)
+        np.multiply(scale, inv_std, out=per_centered)
+        per_centered *= dgamma
+        per_centered *= 1.0 / n
+        offset = np.multiply(scale, dbeta, out=buffers.get("offset", (features,), dout.dtype))
+        offset *= 1.0 / n
+        np.multiply(centered, per_centered, out=tmp)
         dx = dout
+        dx *= scale
         dx -= tmp
-        dx -= dbeta / n
-        dx *= self.params[self.gamma_key] * self._inv_std
+        dx -= offset
         return dx
 
 
@@ -133,7 +187,7 @@ class ReLU:
 
     def __init__(self) -> None:
         self._buffers = _Buffers()
-        self._mask: np.ndarray | None = None
+        self._mask: np.ndarray = _BEFORE_FORWARD
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         if not train:
@@ -150,7 +204,7 @@ class Sigmoid:
     """1 / (1 + exp(-x)); the gradient is y * (1 - y)."""
 
     def __init__(self) -> None:
-        self._y: np.ndarray | None = None
+        self._y: np.ndarray = _BEFORE_FORWARD
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         y = x if train else x.copy()
@@ -172,7 +226,7 @@ class Tanh:
     """tanh(x); the gradient is 1 - y**2."""
 
     def __init__(self) -> None:
-        self._y: np.ndarray | None = None
+        self._y: np.ndarray = _BEFORE_FORWARD
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         if not train:
@@ -195,13 +249,13 @@ class Dropout:
     def __init__(self, rate: float, rng: np.random.Generator) -> None:
         self.rate, self.rng = float(rate), rng
         self.frozen = False
-        self._mask: np.ndarray | None = None
+        self._mask: np.ndarray = _BEFORE_FORWARD
         self._buffers = _Buffers()
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         if not train:
             return x
-        if not (self.frozen and self._mask is not None and self._mask.shape == x.shape):
+        if not (self.frozen and self._mask.shape == x.shape):
             keep = self.rng.random(x.shape, dtype=x.dtype) >= self.rate
             self._mask = keep.astype(x.dtype) / x.dtype.type(1.0 - self.rate)
         # Not in place: the activation before keeps its output for its own backward pass.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +19,10 @@ class MLP:
 
     Parameters are in ``params`` keyed ``W1, gamma1, beta1, W2, ..., WL, bL`` (hidden layers
     carry a bias ``bI`` only without BatchNorm); BatchNorm running statistics are in
-    ``buffers`` keyed ``running_meanI`` and ``running_varI``.
+    ``buffers`` keyed ``running_meanI`` and ``running_varI``. Every parameter is a view into
+    one 1-D array ``flat_params`` (weight matrices first, ``n_weight_entries`` of them), and
+    every gradient a view into ``flat_grads`` laid out alike; ``param_groups`` and
+    ``grad_groups`` cut both into the weight matrices and the rest, for ``optimizer.step``.
 
     Args:
         n_inputs: number of input features.
@@ -60,7 +65,7 @@ class MLP:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         resolve(initializer, activation)
-        self.config = {
+        self.config: dict[str, Any] = {  # JSON-serializable: saved with the weights
             "n_inputs": sizes[0],
             "hidden": sizes[1:-1],
             "n_outputs": sizes[-1],
@@ -73,32 +78,64 @@ class MLP:
         }
         self.dtype = np.dtype(dtype)
         self.weight_decay = float(weight_decay)
-        init_rng, dropout_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-        self.params: dict[str, np.ndarray] = {}
-        self.grads: dict[str, np.ndarray] = {}
+        init_rng, dropout_rng = (
+            np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)
+        )
+        n_layers = len(sizes) - 1
+        # Parameter names and shapes in layer order; weight matrices first in the flat buffer.
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(1, n_layers + 1):
+            shapes[f"W{i}"] = (sizes[i - 1], sizes[i])
+            if i < n_layers and batchnorm:
+                shapes[f"gamma{i}"] = shapes[f"beta{i}"] = (sizes[i],)
+            else:
+                shapes[f"b{i}"] = (sizes[i],)
+        self.weight_keys = [f"W{i}" for i in range(1, n_layers + 1)]
+        layout = self.weight_keys + [k for k in shapes if k not in self.weight_keys]
+        # One buffer each for parameters and gradients; params[k] and grads[k] are views into
+        # them, so an optimizer updates every parameter in a few calls (see param_groups).
+        self.flat_params = np.zeros(sum(int(np.prod(shapes[k])) for k in layout), self.dtype)
+        self.flat_grads = np.zeros_like(self.flat_params)
+        self.n_weight_entries = sum(int(np.prod(shapes[k])) for k in self.weight_keys)
+        views_p, views_g, offset = {}, {}, 0
+        for k in layout:
+            size = int(np.prod(shapes[k]))
+            views_p[k] = self.flat_params[offset : offset + size].reshape(shapes[k])
+            views_g[k] = self.flat_grads[offset : offset + size].reshape(shapes[k])
+            offset += size
+        self.params: dict[str, np.ndarray] = {k: views_p[k] for k in shapes}
+        self.grads: dict[str, np.ndarray] = {k: views_g[k] for k in shapes}
         self.buffers: dict[str, np.ndarray] = {}
         self.layers: list = []
-        n_layers = len(sizes) - 1
         for i in range(1, n_layers + 1):
-            n_in, n_out = sizes[i - 1], sizes[i]
             is_hidden = i < n_layers
-            self.params[f"W{i}"] = initialize(initializer, n_in, n_out, init_rng, self.dtype, activation)
+            self.params[f"W{i}"][...] = initialize(
+                initializer, sizes[i - 1], sizes[i], init_rng, self.dtype, activation
+            )
             bias_key = None if (is_hidden and batchnorm) else f"b{i}"
-            if bias_key:
-                self.params[bias_key] = np.zeros(n_out, self.dtype)
             self.layers.append(Linear(self.params, self.grads, f"W{i}", bias_key, input_grad=i > 1))
             if is_hidden:
                 if batchnorm:
-                    self.params[f"gamma{i}"] = np.ones(n_out, self.dtype)
-                    self.params[f"beta{i}"] = np.zeros(n_out, self.dtype)
-                    self.buffers[f"running_mean{i}"] = np.zeros(n_out, self.dtype)
-                    self.buffers[f"running_var{i}"] = np.ones(n_out, self.dtype)
+                    self.params[f"gamma{i}"][...] = 1.0
+                    self.buffers[f"running_mean{i}"] = np.zeros(sizes[i], self.dtype)
+                    self.buffers[f"running_var{i}"] = np.ones(sizes[i], self.dtype)
                     self.layers.append(BatchNorm1d(self.params, self.grads, self.buffers, i))
                 self.layers.append(ACTIVATIONS[activation]())
                 if dropout:
                     self.layers.append(Dropout(dropout, dropout_rng))
-        self.grads.update({k: np.zeros_like(p) for k, p in self.params.items()})
-        self.weight_keys = [f"W{i}" for i in range(1, n_layers + 1)]
+        nw = self.n_weight_entries
+        #: The flat buffers cut into the weight matrices (one view, the entries weight decay
+        #: acts on) and everything else, keyed by the names each view holds: pass them to
+        #: ``optimizer.step``.
+        self.param_groups = {
+            tuple(self.weight_keys): self.flat_params[:nw],
+            tuple(layout[len(self.weight_keys) :]): self.flat_params[nw:],
+        }
+        self.grad_groups = {
+            tuple(self.weight_keys): self.flat_grads[:nw],
+            tuple(layout[len(self.weight_keys) :]): self.flat_grads[nw:],
+        }
+        self._decay_tmp = np.empty(nw, self.dtype)
 
     # -- forward and backward -------------------------------------------------------------
 
@@ -109,16 +146,24 @@ class MLP:
         and returns a buffer that the next training-mode call overwrites.
         """
         out = np.asarray(X, dtype=self.dtype)
+        self.check_inputs(out)
         for layer in self.layers:
             out = layer.forward(out, train)
         return out
 
+    def check_inputs(self, X: np.ndarray) -> None:
+        """Raise ``ValueError`` unless ``X`` is ``(batch, n_inputs)``."""
+        n_inputs = self.config["n_inputs"]
+        if X.ndim != 2 or X.shape[1] != n_inputs:
+            raise ValueError(
+                f"inputs must have shape (batch, {n_inputs}) for this model, got {X.shape}"
+            )
+
     def _penalty(self) -> float:
         if not self.weight_decay:
             return 0.0
-        return 0.5 * self.weight_decay * sum(
-            float(np.sum(self.params[k] * self.params[k])) for k in self.weight_keys
-        )
+        weights = self.flat_params[: self.n_weight_entries]
+        return 0.5 * self.weight_decay * float(np.dot(weights, weights))
 
     def loss(self, X: np.ndarray, y: np.ndarray, train: bool = True) -> float:
         """Mean softmax cross-entropy plus the weight-decay term, in nats.
@@ -133,9 +178,10 @@ class MLP:
         data_loss, dout = softmax_cross_entropy(self.forward(X, train=True), y, overwrite=True)
         for layer in reversed(self.layers):
             dout = layer.backward(dout)
-        if self.weight_decay:
-            for k in self.weight_keys:
-                self.grads[k] += self.weight_decay * self.params[k]
+        if self.weight_decay:  # the L2 term's gradient, lambda * W, on every weight matrix
+            nw = self.n_weight_entries
+            np.multiply(self.flat_params[:nw], self.weight_decay, out=self._decay_tmp)
+            self.flat_grads[:nw] += self._decay_tmp
         return data_loss + self._penalty()
 
     def gradients(self, X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
@@ -180,18 +226,24 @@ class MLP:
                 raise ValueError(f"{k}: shape {np.shape(state[k])}, expected {target.shape}")
             target[...] = state[k]
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the configuration and state to an ``.npz`` file (no pickles)."""
-        np.savez(path, __config__=np.array(json.dumps(self.config)), **self.state_dict())
+        arrays = {"__config__": np.array(json.dumps(self.config)), **self.state_dict()}
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub: a key could be allow_pickle
 
     @classmethod
-    def load(cls, path) -> "MLP":
+    def load(cls, path: str | os.PathLike[str]) -> MLP:
         """Rebuild a model written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as data:
             config = json.loads(str(data["__config__"]))
             state = {k: data[k] for k in data.files if k != "__config__"}
         hidden = config.pop("hidden")
-        model = cls(config.pop("n_inputs"), hidden, config.pop("n_outputs"),
-                    dtype=np.dtype(config.pop("dtype")), **config)
+        model = cls(
+            config.pop("n_inputs"),
+            hidden,
+            config.pop("n_outputs"),
+            dtype=np.dtype(config.pop("dtype")),
+            **config,
+        )
         model.load_state_dict(state)
         return model

@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tuner.nn.loss import check_labels
 from tuner.nn.model import MLP
+from tuner.nn.optimizers import Optimizer
 
 
 class DivergedError(ArithmeticError):
@@ -20,6 +22,10 @@ class DivergedError(ArithmeticError):
 
 
 def _first_non_finite(model: MLP) -> str | None:
+    if np.isfinite(model.flat_params).all() and all(
+        np.isfinite(a).all() for a in model.buffers.values()
+    ):
+        return None
     for name, array in (*model.params.items(), *model.buffers.items()):
         if not np.isfinite(array).all():
             return name
@@ -33,7 +39,7 @@ def fit(
     *,
     epochs: int,
     batch_size: int,
-    optimizer,
+    optimizer: Optimizer,
     seed: int = 0,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
@@ -45,7 +51,8 @@ def fit(
         epochs: passes over the data.
         batch_size: samples per mini-batch; a last partial batch of one sample is dropped
             (BatchNorm needs at least two).
-        optimizer: an object with ``step(params, grads)``.
+        optimizer: an object with ``step(params, grads)``; it is given the model's
+            ``param_groups`` and ``grad_groups`` (views into the flat buffers).
         seed: seed of the shuffling Generator.
         on_epoch: called after each epoch with ``(epoch, mean training loss)``, epochs
             counted from 1; it may raise to stop training (e.g. ``optuna.TrialPruned``).
@@ -54,10 +61,14 @@ def fit(
         The mean training loss of each epoch.
 
     Raises:
+        ValueError: ``X`` is not ``(n_samples, n_inputs)``, or ``y`` not ``(n_samples,)``
+            integer labels in ``[0, n_outputs)``.
         DivergedError: a mini-batch loss is not finite (raised at once), or a parameter or
             running statistic is not finite at the end of an epoch.
     """
     X = np.ascontiguousarray(X, dtype=model.dtype)
+    model.check_inputs(X)
+    check_labels(y, X.shape[0], model.config["n_outputs"])
     y = np.asarray(y, dtype=np.int64)
     n = X.shape[0]
     rng = np.random.default_rng(seed)
@@ -71,14 +82,16 @@ def fit(
             order = rng.permutation(n)
             total = 0.0
             for b, start in enumerate(range(0, n - 1, batch_size)):
-                idx = order[start:start + batch_size]
-                xb, yb = X_batch[:idx.size], y_batch[:idx.size]
-                np.take(X, idx, axis=0, out=xb)
-                np.take(y, idx, out=yb)
+                idx = order[start : start + batch_size]
+                xb, yb = X_batch[: idx.size], y_batch[: idx.size]
+                # mode="clip" (the indices are a permutation, always in range): the default
+                # "raise" buffers the output and is 1.3x to 2x slower.
+                np.take(X, idx, axis=0, out=xb, mode="clip")
+                np.take(y, idx, out=yb, mode="clip")
                 loss = model.loss_and_gradients(xb, yb)
                 if not math.isfinite(loss):
                     raise DivergedError(epoch, f"training loss ({loss}) in mini-batch {b}")
-                optimizer.step(model.params, model.grads)
+                optimizer.step(model.param_groups, model.grad_groups)
                 total += loss * idx.size
             history.append(total / n_used)
             # A finite loss can hide an overflowed state (BatchNorm renormalizes huge values):

@@ -1,0 +1,172 @@
+"""Samplers and pruners: the spec's ``[sampler]`` and ``[pruner]`` tables as Optuna objects.
+
+:data:`SAMPLERS` and :data:`PRUNERS` are the registries (name -> Optuna class), as
+:data:`tuner.nn.OPTIMIZERS` is for optimizers; the spec's options and their defaults for each
+name are :data:`tuner.spec.SAMPLERS` and :data:`tuner.spec.PRUNERS` (the same names). A name
+that is not registered raises rather than falling back to another sampler.
+
+Every sampler is seeded per trial: Optuna's samplers keep one random state per process. Two
+processes that seed theirs alike (two ``tuner study start`` on one study, two hosts) then
+suggest the same parameters, trial for trial. :class:`TrialSeededSampler` re-seeds the wrapped
+sampler's random states from the study seed and the number of the trial being sampled, just
+before the trial samples. A trial's number is unique in the study, whatever process creates
+it, so no two trials draw from the same random state; and a lone run with the same seed draws
+the same values again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import TunerError
+from tuner.search import grid
+from tuner.spec import StudySpec
+
+#: Every sampler name of a spec's ``sampler.name`` and its Optuna class (all seeded).
+SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "grid": optuna.samplers.GridSampler,
+}
+#: Every pruner name of a spec's ``pruner.name`` and its Optuna class.
+PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "none": optuna.pruners.NopPruner,
+}
+
+
+def _lookup(registry: dict[str, type], name: str, key: str) -> type:
+    if name not in registry:
+        raise TunerError(f"{key}: unknown name {name!r}; known: {', '.join(registry)}")
+    return registry[name]
+
+
+def make_sampler(spec: StudySpec, seed: int) -> TrialSeededSampler:
+    """The spec's Optuna sampler (:data:`SAMPLERS`), re-seeded before each trial from ``seed``
+    and the trial's number (:class:`TrialSeededSampler`): processes running one study draw
+    distinct suggestions, and a lone run with the same seed draws the same ones.
+
+    Raises:
+        TunerError: an unknown sampler name (the known ones are listed); ``gp`` without
+            PyTorch installed.
+    """
+    return TrialSeededSampler(_optuna_sampler(spec, seed), seed)
+
+
+def _optuna_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    name = spec.sampler["name"]
+    cls = _lookup(SAMPLERS, name, "sampler.name")
+    options = {k: v for k, v in spec.sampler.items() if k != "name"}
+    if cls is optuna.samplers.GPSampler:
+        try:
+            import torch  # noqa: F401  (Optuna's GP sampler runs on PyTorch)
+        except ImportError:
+            raise TunerError("sampler.name 'gp' needs PyTorch: pip install -e '.[gp]'") from None
+    if cls is optuna.samplers.GridSampler:
+        return cls(grid(spec.search), seed=seed)
+    if cls in (optuna.samplers.CmaEsSampler, optuna.samplers.QMCSampler):
+        options["warn_independent_sampling"] = False
+    return cls(seed=seed, **options)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's Optuna pruner (:data:`PRUNERS`); intermediate values are validation scores
+    per epoch, so resources are epochs (Hyperband's maximum: the largest number of epochs a
+    trial trains).
+
+    Raises:
+        TunerError: an unknown pruner name (the known ones are listed).
+    """
+    cls = _lookup(PRUNERS, spec.pruner["name"], "pruner.name")
+    options = {k: v for k, v in spec.pruner.items() if k != "name"}
+    if cls is optuna.pruners.HyperbandPruner:
+        epochs = spec.search["epochs"]
+        options["max_resource"] = (
+            epochs.value if epochs.kind == "fixed" else max(epochs.choices or (epochs.high,))
+        )
+    return cls(**options)
+
+
+def trial_random_states(sampler: BaseSampler) -> list[LazyRandomState]:
+    """The random states of ``sampler`` and of the samplers inside it (TPE's startup
+    sampler, CMA-ES's independent sampler, ...), in a fixed order."""
+    found: list[LazyRandomState] = []
+
+    def walk(obj: object) -> None:
+        for _name, value in sorted(vars(obj).items()):
+            if isinstance(value, LazyRandomState):
+                found.append(value)
+            elif isinstance(value, BaseSampler):
+                walk(value)
+
+    walk(sampler)
+    return found
+
+
+class TrialSeededSampler(BaseSampler):
+    """``sampler``, with its random states re-seeded from ``(seed, trial number)`` before each
+    trial samples (Optuna calls :meth:`before_trial` when a trial is created, before any
+    suggestion). Everything else is the wrapped sampler's."""
+
+    def __init__(self, sampler: BaseSampler, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+        self._states = trial_random_states(sampler)
+
+    def reseed(self, trial_number: int) -> None:
+        """Seed every random state of the wrapped sampler for the trial ``trial_number``."""
+        seeds = np.random.SeedSequence([self.seed, trial_number]).generate_state(len(self._states))
+        for state, seed in zip(self._states, seeds, strict=True):
+            state._rng = np.random.RandomState(int(seed))
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.reseed(trial.number)
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        search_space: dict[str, BaseDistribution],
+    ) -> dict[str, Any]:
+        return self.sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        # Optuna calls this for each thread of optimize(n_jobs > 1); seeds come per trial here.
+        pass
