@@ -1,6 +1,7 @@
 """The faults real deployments have (issue 19), with real ``tuner`` processes and a real
 database: a PostgreSQL database that is not UTF-8, connections cut mid-trial, PostgreSQL
-restarted mid-study, a worker frozen beyond the grace period, an unwritable artifact store.
+restarted mid-study, a worker frozen beyond the grace period, an unwritable artifact store,
+a full disk under a SQLite database.
 Each test checks the closing figures: no finished trial lost, none counted twice, the exact
 total, and the one line the user saw."""
 
@@ -107,11 +108,12 @@ RECONNECTED = re.compile(
 )
 
 
-def _check_closing_figures(trials, finished_before, total):
+def _check_closing_figures(trials, finished_before, total, *, unretried=()):
     """No finished trial lost or changed, none counted twice, the exact total, nothing left
     running, and each failed trial retried once with its parameters, the retry finished
     (failed or finished itself). A retry that fails is retried in turn: Optuna's
-    ``retry_history`` names the trial each retry repeats."""
+    ``retry_history`` names the trial each retry repeats. The trials ``unretried`` (which
+    the user was told could not be queued again) have none."""
     counts = _by_state(trials)
     print(f"figures: { ({s.name: n for s, n in counts.items() if n}) }")  # shown by pytest -s
     assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == total
@@ -120,6 +122,9 @@ def _check_closing_figures(trials, finished_before, total):
     for number, value in finished_before.items():
         assert trials[number].state.is_finished() and trials[number].value == value
     for failed in (t for t in trials if t.state == TrialState.FAIL):
+        if failed.number in unretried:
+            assert _retries_of(trials, failed.number) == []
+            continue
         (retry,) = _retries_of(trials, failed.number)
         # A trial cut while it drew its parameters has only the first ones; the retry starts
         # from those.
@@ -383,37 +388,56 @@ def test_a_worker_frozen_beyond_the_grace_period_then_woken(tmp_path, storage_ur
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 16 KiB tmpfs (smaller than one trial's weights) mounted in ``tmp_path``; yields
-    ``(folder, grow)``; unmounted at the end whatever happens. Needs root."""
-    folder = tmp_path / "artifacts"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
+def tmpfs():
+    """``mount(folder, size, *options)``: a tmpfs of ``size`` (``"16k"``) on a new folder
+    (``mount(folder, options="remount,...")`` changes it); every one unmounted at the end
+    whatever happens. Needs root."""
+    mounted = []
 
-    def grow():
-        subprocess.run(["mount", "-o", "remount,size=4m", str(folder)], check=True)
+    def mount(folder: Path, size: str | None = None, *, options: str | None = None) -> Path:
+        if options is not None:
+            subprocess.run(["mount", "-o", options, str(folder)], check=True)
+            return folder
+        folder.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
 
     try:
-        yield folder, grow
+        yield mount
     finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        for folder in mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-def test_a_full_artifact_store_fails_the_trial_and_stops_the_run(tmp_path, tiny_tmpfs):
-    folder, grow = tiny_tmpfs
+#: How each unwritable artifact store is made, what the OS says, and how it is mended.
+UNWRITABLE = {
+    "full": ("16k", None, "No space left on device", "remount,size=4m"),
+    "read-only": ("4m", "remount,ro", "Read-only file system", "remount,rw"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(UNWRITABLE))
+def test_an_unwritable_artifact_store_fails_the_trial_and_stops_the_run(tmp_path, tmpfs, fault):
+    size, make, says, mend = UNWRITABLE[fault]
+    folder = tmpfs(tmp_path / "artifacts", size)
+    if make:
+        tmpfs(folder, options=make)
     url = f"sqlite:///{tmp_path / 'full.db'}"
     spec = write_spec(tmp_path, n_trials=3, epochs=2)
     start = ["study", "start", str(spec), "--storage", url, "--artifact-dir", str(folder)]
     full = run_tuner(*start, cwd=tmp_path)
-    # Trial 0 is the best so far, so it saves its weights: the store is full.
+    # Trial 0 is the best so far, so it saves its weights: the store refuses them.
     expected = (
-        f"tuner: error: cannot save trial 0's weights in {str(folder)!r}: No space left on "
-        "device; trial 0 failed, the finished trials are kept; free space or make the folder "
-        "writable (or pass another --artifact-dir), then run the same command again to resume"
+        f"tuner: error: cannot save trial 0's weights in {str(folder)!r}: {says}; trial 0 "
+        "failed, the finished trials are kept; free space or make the folder writable (or "
+        "pass another --artifact-dir), then run the same command again to resume"
     )
     print(f"the user saw: {full.stderr.splitlines()}")
     assert (full.returncode, full.stderr.splitlines()) == (2, [expected])
@@ -421,7 +445,7 @@ def test_a_full_artifact_store_fails_the_trial_and_stops_the_run(tmp_path, tiny_
     (failed,) = _trials(url, "tiny")
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs["fail_reason"] == expected.split("error: ")[1].split("; ")[0]
-    grow()  # space freed: the same command resumes
+    tmpfs(folder, options=mend)  # space freed, or writable again: the same command resumes
     resumed = run_tuner(*start, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     trials = _trials(url, "tiny")
@@ -431,6 +455,52 @@ def test_a_full_artifact_store_fails_the_trial_and_stops_the_run(tmp_path, tiny_
     assert counts[TrialState.FAIL] == 1 and trials[0].user_attrs == failed.user_attrs
     final = run_tuner("study", "finalize", "tiny", "--storage", url, cwd=tmp_path)
     assert final.returncode == 0, final.stderr  # the best trial's weights are whole
+
+
+def _fill(folder: Path, leave: int) -> Path:
+    """Fill ``folder``'s file system up to ``leave`` free bytes with one file; return it."""
+    filler = folder / "filler"
+    free = shutil.disk_usage(folder).free - leave
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(free, 0))
+    return filler
+
+
+FULL_DISK = re.compile(
+    r"tuner: error: storage '(?P<url>[^']+)' refused a write: database or disk is full; the "
+    r"finished trials are kept, (a trial left running is failed and retried after "
+    r"--grace-period when the run resumes|trial (?P<number>\d+) failed and (is queued again "
+    r"with the same parameters|(?P<unqueued>could not be queued again))); free space or make "
+    r"the database writable, then run the same command again to resume$"
+)
+
+
+def test_a_full_disk_under_the_sqlite_database_stops_the_run_and_resumes(tmp_path, tmpfs):
+    disk = tmpfs(tmp_path / "disk", "8m")
+    url = f"sqlite:///{disk / 's.db'}"
+    spec = write_spec(tmp_path, n_trials=6, epochs=3)
+    artifacts = ["--artifact-dir", str(tmp_path / "artifacts")]
+    created = run_tuner("study", "create", str(spec), "--storage", url, *artifacts, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    filler = _fill(disk, leave=640 * 1024)
+    hb = ["--heartbeat-interval", "1", "--grace-period", "3"]
+    start = ["study", "start", str(spec), "--storage", url, *artifacts, *hb]
+    full = run_tuner(*start, cwd=tmp_path)
+    lines = full.stderr.splitlines()
+    print(f"the user saw: {lines}")
+    assert full.returncode == 2 and len(lines) == 1, full.stderr
+    said = FULL_DISK.match(lines[0])
+    assert said and said["url"] == url, lines[0]
+    trials = _trials(url, "tiny")
+    finished_before = {t.number: t.value for t in trials if t.state.is_finished()}
+    assert len(finished_before) < 6
+    filler.unlink()  # space freed: the same command resumes
+    resumed = run_tuner(*start, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials(url, "tiny")
+    print(f"finished before the disk was full: {len(finished_before)}")
+    unretried = [int(said["number"])] if said["unqueued"] else []
+    _check_closing_figures(trials, finished_before, 6, unretried=unretried)
 
 
 @pytest.mark.skipif(

@@ -139,7 +139,7 @@ def test_killed_finalize_is_completed_by_recover_with_the_clean_numbers(
     assert shown["final"]["metrics"] == reference["metrics"] and shown["sealed"] is True
 
 
-def test_changed_weights_or_data_are_refused_by_finalize_and_recover(tmp_path):
+def test_missing_or_changed_weights_or_data_are_refused_by_finalize_and_recover(tmp_path):
     X, y, _ = load_source("sklearn:digits")
     np.savez(tmp_path / "d.npz", X=X, y=y)
     spec = write_spec(tmp_path, n_trials=3, epochs=3, source="npz:d.npz")
@@ -153,6 +153,17 @@ def test_changed_weights_or_data_are_refused_by_finalize_and_recover(tmp_path):
     def finalize(*extra):
         return run_tuner("study", "finalize", "s", "--storage", url, *extra, cwd=tmp_path)
 
+    best = optuna.load_study(study_name="s", storage=url).best_trial
+    weights.rename(tmp_path / "moved")  # missing weights: refused, with the way to fix it
+    result = finalize()
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"tuner: error: study 's': weights of trial {best.number} (artifact {weights.name}) are "
+        "not in the artifact store; pass the store's folder with --artifact-dir or "
+        "TUNER_ARTIFACT_DIR\n",
+    )
+    assert _rows(url, "s") == 0 and _record(url, "s") is None
+    (tmp_path / "moved").rename(weights)
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     result = finalize()
     assert result.returncode == 2 and "changed since they were scored" in result.stderr

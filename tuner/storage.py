@@ -258,6 +258,19 @@ def lost_connection(error: BaseException) -> BaseException | None:
     return pending
 
 
+def refused_write(error: BaseException) -> BaseException | None:
+    """The database's own error in ``error``'s cause chain (a ``DBAPIError``, or the sqlite3
+    error under it: "database or disk is full", "attempt to write a readonly database",
+    "database is locked"), else None. Optuna raises them wrapped in ``StorageInternalError``,
+    or, when its tell fails, under an ``AssertionError`` of its own."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError | sqlite3.Error):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def start_heartbeats_of_orphans(storage: optuna.storages.RDBStorage, study_id: int) -> int:
     """Record a first heartbeat for every RUNNING trial of the study that has none, and return
     how many there were.

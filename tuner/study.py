@@ -259,7 +259,7 @@ def run(
     budgeted = BudgetedStudy(
         study, storage, n_trials, admission=lambda: holdout.admission(storage, study.study_name)
     )
-    objective = _raising_lost_connections(Objective(spec, data, artifact_store, seed=seed))
+    objective = _raising_database_errors(Objective(spec, data, artifact_store, seed=seed))
     before = len(study.get_trials(deepcopy=False))
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
@@ -286,17 +286,20 @@ def run(
                     f"trial {number} was marked {state} by another process while this one ran "
                     "it (its heartbeat was older than --grace-period); dropped it, going on"
                 )
-        except _ConnectionLostInTrial as e:  # Optuna's tell failed the trial, in this process
+        except _DatabaseErrorInTrial as e:  # Optuna's tell failed the trial, in this process
+            cause = storage_module.lost_connection(e)
+            if cause is None:  # the database refused a write: a full disk, a read-only file
+                raise TunerError(_refused_write_message(study, storage, e)) from None
             storage_module.wait_for_database(storage)  # raises TunerError if it stays away
-            _notice_reconnected(
-                storage_module.lost_connection(e), _retry(study, e.number), on_notice
-            )
+            _notice_reconnected(cause, _retry(study, e.number), on_notice)
         except Exception as e:
             # Optuna's storage wraps a cut connection in StorageInternalError; when the tell
             # fails, its _run_trial raises an UnboundLocalError over it: the chain decides.
             cause = storage_module.lost_connection(e)
             if cause is None:
-                raise
+                if storage_module.refused_write(e) is None:
+                    raise
+                raise TunerError(_refused_write_message(study, storage, e)) from None
             storage_module.wait_for_database(storage)  # raises TunerError if it stays away
             message = _fail_and_retry(study, budgeted.last_trial_number)
             storage_module.start_heartbeats_of_orphans(storage, study._study_id)
@@ -304,26 +307,27 @@ def run(
     return len(study.get_trials(deepcopy=False)) - before
 
 
-class _ConnectionLostInTrial(Exception):
-    """The database connection was lost while trial ``number``'s objective ran. Optuna's
-    ``_run_trial`` raises an objective's error only after its tell has marked the trial FAIL,
-    so a process that catches this one failed the trial itself, and retries it."""
+class _DatabaseErrorInTrial(Exception):
+    """The database failed a write while trial ``number``'s objective ran (a lost connection,
+    a full disk). Optuna's ``_run_trial`` raises an objective's error only after its tell has
+    marked the trial FAIL, so a process that catches this one failed the trial itself, and
+    retries it."""
 
     def __init__(self, number: int) -> None:
-        super().__init__(f"the database connection was lost while trial {number} ran")
+        super().__init__(f"the database failed a write while trial {number} ran")
         self.number = number
 
 
-def _raising_lost_connections(objective: Objective) -> Callable[[optuna.Trial], float]:
-    """``objective``, raising :class:`_ConnectionLostInTrial` from a lost connection."""
+def _raising_database_errors(objective: Objective) -> Callable[[optuna.Trial], float]:
+    """``objective``, raising :class:`_DatabaseErrorInTrial` from a database error."""
 
     def wrapped(trial: optuna.Trial) -> float:
         try:
             return objective(trial)
         except Exception as e:
-            if storage_module.lost_connection(e) is None:
+            if storage_module.refused_write(e) is None:
                 raise
-            raise _ConnectionLostInTrial(trial.number) from e
+            raise _DatabaseErrorInTrial(trial.number) from e
 
     return wrapped
 
@@ -355,6 +359,28 @@ def _retry(study: optuna.Study, number: int) -> str:
     trial = study.get_trials(deepcopy=False)[number]
     RetryHeartbeatStaleTrialCallback(max_retry=storage_module.MAX_RETRY)(study, trial)
     return f", trial {number} failed and queued again with the same parameters"
+
+
+def _refused_write_message(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, error: Exception
+) -> str:
+    """One line for a database that refused a write (a full disk, a read-only file), after
+    trying to queue again the trial this process failed because of it."""
+    left = "a trial left running is failed and retried after --grace-period when the run resumes"
+    if isinstance(error, _DatabaseErrorInTrial):
+        try:
+            _retry(study, error.number)
+            left = f"trial {error.number} failed and is queued again with the same parameters"
+        except Exception as again:
+            if storage_module.refused_write(again) is None:
+                raise
+            left = f"trial {error.number} failed and could not be queued again"
+    return (
+        f"storage {mask_url(storage.url)!r} refused a write: "
+        f"{storage_module.first_line(storage_module.refused_write(error) or error)}; the "
+        f"finished trials are kept, {left}; free space or make the database writable, then "
+        "run the same command again to resume"
+    )
 
 
 def _notice_reconnected(
