@@ -6,10 +6,10 @@ statistics. Each method gets the same wall-clock budget (``--budget`` seconds), 
 training rows, selects its model by validation accuracy, and the selected model is scored on
 the test rows:
 
-- ``tuner``: the default study, studies/mnist5k.toml as it is (TPE + median pruning over
+- ``tuner``: the default study, studies/mnist5k.toml as it is (TPE + Hyperband pruning over
   learning rate, weight decay, batch size, width and initializer of a 2-layer BatchNorm MLP,
-  momentum SGD, 30 epochs), run with ``timeout = budget`` and finalized (the locked test
-  evaluation);
+  momentum SGD, at most 30 epochs), run with ``timeout = budget`` and finalized (the locked
+  test evaluation);
 - ``sklearn``: ``RandomizedSearchCV(MLPClassifier(...))`` over the same ranges (learning
   rate, alpha = weight decay, batch size, width of 2 hidden layers; momentum SGD, 30 epochs;
   no BatchNorm in scikit-learn), validated on the same validation rows (``PredefinedSplit``);
@@ -17,20 +17,21 @@ the test rows:
 - ``optuna_torch``: Optuna + a PyTorch BatchNorm MLP (Linear-BatchNorm1d-ReLU x 2), TPE and
   median pruning, ``study.optimize(timeout=budget)``, written as a typical user would.
 
-Every method runs in this one process with one thread (one BLAS thread,
-``torch.set_num_threads(1)``),
-methods interleaved seed by seed (tuner seed 0, sklearn seed 0, optuna_torch seed 0, tuner
-seed 1, ...) so that the load of a shared machine hits them alike. For the time to reach
-each of ``--thresholds`` (test accuracies), the test accuracy of each new best-by-validation
-model is measured when it appears (for tuner: afterwards, from its saved weights); that is
-benchmark bookkeeping, not a choice any method sees.
+Every method runs with one BLAS thread (``torch.set_num_threads(1)``): in this one process
+with ``--jobs 1``, the default; with ``--jobs N``, tuner runs N worker processes (as ``tuner
+study start --workers N``), scikit-learn ``n_jobs=N`` processes and Optuna ``n_jobs=N``
+threads. Methods run interleaved seed by seed (tuner seed 0, sklearn seed 0, optuna_torch
+seed 0, tuner seed 1, ...) so that the load of a shared machine hits them alike. For the time
+to reach each of ``--thresholds`` (test accuracies), the alternatives' models are scored on
+the test rows as they are validated, tuner's best-by-validation models afterwards from their
+saved weights; that is benchmark bookkeeping, not a choice any method sees.
 
 Prints one JSON line per method and seed, then a summary per method (median test accuracy,
 median seconds to the threshold) and one line of ratios at the first threshold: each alternative's
 median time to it over tuner's, and the fastest alternative's over tuner's.
 
 Usage: ``python benchmarks/bench_alternatives.py [--seeds 3] [--budget 120] [--thresholds 0.94,0.9]
-[--methods tuner,sklearn,optuna_torch]``; needs ``pip install -e '.[bench]'`` (PyTorch).
+[--methods tuner,sklearn,optuna_torch] [--jobs 1]``; needs ``pip install -e '.[bench]'`` (PyTorch).
 """
 
 from __future__ import annotations
@@ -58,8 +59,14 @@ from tuner.data import load_holdout_data, load_training_data  # noqa: E402
 from tuner.nn import MLP  # noqa: E402
 from tuner.schema import WEIGHTS_ARTIFACT_ATTR  # noqa: E402
 from tuner.spec import load_spec, parse_spec_dict  # noqa: E402
-from tuner.storage import get_artifact_store, get_storage  # noqa: E402
+from tuner.storage import (  # noqa: E402
+    GRACE_PERIOD_S,
+    HEARTBEAT_INTERVAL_S,
+    get_artifact_store,
+    get_storage,
+)
 from tuner.study import create_or_resume, run  # noqa: E402
+from tuner.workers import run_workers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "studies" / "mnist5k.toml"
@@ -73,6 +80,18 @@ def _time_to(history: list[tuple[float, float]], threshold: float) -> float:
     return next((s for s, acc in history if acc >= threshold), math.inf)
 
 
+def _best_by_validation(scored) -> tuple[list[tuple[float, float]], float]:
+    """From (seconds, validation, test accuracy) of each model, in any order: (seconds, test
+    accuracy) of each new best-by-validation model in time order, and the last one's test
+    accuracy."""
+    history, best = [], -math.inf
+    for seconds, value, acc in sorted(scored):
+        if value > best:
+            best = value
+            history.append((seconds, acc))
+    return history, history[-1][1] if history else math.nan
+
+
 def _ratio(alternative: float, tuner: float) -> float | None:
     """``alternative / tuner`` seconds; None when neither reached the threshold."""
     if math.isinf(tuner):
@@ -80,18 +99,35 @@ def _ratio(alternative: float, tuner: float) -> float | None:
     return alternative / tuner if tuner > 0 else math.inf
 
 
-def run_tuner(seed: int, budget: float, data, test, folder: Path, spec_path: Path = SPEC) -> dict:
-    """The default study with ``timeout = budget``, finalized."""
+def run_tuner(
+    seed: int, budget: float, data, test, folder: Path, jobs: int = 1, spec_path: Path = SPEC
+) -> dict:
+    """The default study with ``timeout = budget``, finalized; ``jobs`` > 1 runs it as
+    ``tuner study start --workers JOBS`` does (worker processes on one SQLite file)."""
     raw = load_spec(spec_path).resolved
     raw["study"].update(name=f"tuner-{seed}", seed=seed, n_trials=10_000)
     raw["data"]["seed"] = 0  # the same split for every run
     spec = parse_spec_dict(raw)
-    storage = get_storage(f"sqlite:///{folder / f'tuner-{seed}.db'}")
+    url = f"sqlite:///{folder / f'tuner-{seed}.db'}"
+    storage = get_storage(url)
     art = folder / f"tuner-{seed}-artifacts"
     start = time.time()
     study = create_or_resume(spec, storage, data, name=spec.name, seed=seed, artifact_dir=art)
     artifacts = get_artifact_store(art, create=True)
-    run(study, spec, data, storage, artifacts, n_trials=10_000, seed=seed, timeout=budget)
+    if jobs == 1:
+        run(study, spec, data, storage, artifacts, n_trials=10_000, seed=seed, timeout=budget)
+    else:
+        run_workers(
+            spec.name,
+            jobs,
+            storage_url=url,
+            artifact_dir=art,
+            n_trials=10_000,
+            seed=seed,
+            heartbeat_interval=HEARTBEAT_INTERVAL_S,
+            grace_period=GRACE_PERIOD_S,
+            timeout=budget,
+        )
     seconds = time.time() - start
     record = holdout.finalize(study, storage, artifacts)
     # Bookkeeping: the test accuracy of each new best trial, from its saved weights.
@@ -121,8 +157,9 @@ def run_tuner(seed: int, budget: float, data, test, folder: Path, spec_path: Pat
     }
 
 
-def run_sklearn(seed: int, budget: float, data, test, folder: Path) -> dict:
-    """RandomizedSearchCV(MLPClassifier) over the default study's ranges, for ``budget`` s."""
+def run_sklearn(seed: int, budget: float, data, test, folder: Path, jobs: int = 1) -> dict:
+    """RandomizedSearchCV(MLPClassifier) over the default study's ranges, for ``budget`` s,
+    ``n_jobs = jobs`` (candidates fitted in parallel processes)."""
     from scipy.stats import loguniform
     from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
     from sklearn.model_selection import PredefinedSplit, RandomizedSearchCV
@@ -139,15 +176,15 @@ def run_sklearn(seed: int, budget: float, data, test, folder: Path) -> dict:
                 raise TimeoutError("wall-clock budget spent")
             return super().fit(X, y)
 
-    history, best = [], [-math.inf]
+    # Bookkeeping: each candidate's (seconds, validation, test accuracy), one JSON line each,
+    # appended by whichever process scored it (with n_jobs > 1 the scorer runs in workers).
+    log = folder / f"sklearn-{seed}.jsonl"
 
     def score(estimator, X, y):
         value = float((estimator.predict(X) == y).mean())
-        if value > best[0]:  # bookkeeping: test accuracy of each new best model
-            best[0] = value
-            acc = float((estimator.predict(test.X_test) == test.y_test).mean())
-            history.append((time.time() - start, acc))
-            best.append(acc)
+        acc = float((estimator.predict(test.X_test) == test.y_test).mean())
+        with open(log, "a") as f:
+            f.write(json.dumps([time.time() - start, value, acc]) + "\n")
         return value
 
     X = np.concatenate([data.X_train, data.X_validation])
@@ -167,6 +204,7 @@ def run_sklearn(seed: int, budget: float, data, test, folder: Path) -> dict:
         refit=False,
         error_score=np.nan,
         random_state=seed,
+        n_jobs=jobs,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -176,17 +214,19 @@ def run_sklearn(seed: int, budget: float, data, test, folder: Path) -> dict:
         search.fit(X, y)
     seconds = time.time() - start
     scores = search.cv_results_["mean_test_score"]
+    history, best = _best_by_validation(json.loads(line) for line in log.read_text().splitlines())
     return {
         "seconds": seconds,
         "trials": int(np.sum(~np.isnan(scores))),
         "best_validation": float(np.nanmax(scores)),
-        "test_accuracy": best[-1],
+        "test_accuracy": best,
         "history": history,
     }
 
 
-def run_optuna_torch(seed: int, budget: float, data, test, folder: Path) -> dict:
-    """Optuna + a PyTorch BatchNorm MLP, TPE and median pruning, as a user would write it."""
+def run_optuna_torch(seed: int, budget: float, data, test, folder: Path, jobs: int = 1) -> dict:
+    """Optuna + a PyTorch BatchNorm MLP, TPE and median pruning, as a user would write it;
+    ``study.optimize(n_jobs=jobs)`` (trials in threads)."""
     import torch
     from torch import nn
 
@@ -196,7 +236,7 @@ def run_optuna_torch(seed: int, budget: float, data, test, folder: Path) -> dict
     X_val, y_val = torch.from_numpy(data.X_validation), torch.from_numpy(data.y_validation)
     X_test, y_test = torch.from_numpy(test.X_test), torch.from_numpy(test.y_test)
     start = time.time()
-    history, best = [], [-math.inf]
+    scored = []
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
@@ -235,12 +275,9 @@ def run_optuna_torch(seed: int, budget: float, data, test, folder: Path) -> dict
             trial.report(accuracy, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        if accuracy > best[0]:  # bookkeeping: test accuracy of each new best model
-            best[0] = accuracy
-            with torch.no_grad():
-                acc = (model(X_test).argmax(1) == y_test).float().mean().item()
-            history.append((time.time() - start, acc))
-            best.append(acc)
+        with torch.no_grad():  # bookkeeping: the test accuracy of each model
+            acc = (model(X_test).argmax(1) == y_test).float().mean().item()
+        scored.append((time.time() - start, accuracy, acc))
         return accuracy
 
     study = optuna.create_study(
@@ -248,13 +285,14 @@ def run_optuna_torch(seed: int, budget: float, data, test, folder: Path) -> dict
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(),
     )
-    study.optimize(objective, timeout=budget)
+    study.optimize(objective, timeout=budget, n_jobs=jobs)
+    history, best = _best_by_validation(scored)
     return {
         "seconds": time.time() - start,
         "trials": len(study.trials),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "best_validation": study.best_value,
-        "test_accuracy": best[-1],
+        "test_accuracy": best,
         "history": history,
     }
 
@@ -271,6 +309,12 @@ def main() -> None:
         "--thresholds", default="0.94,0.9", help="test accuracies; the first one is the ratios'"
     )
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes or threads per method: tuner's workers, scikit-learn's n_jobs, Optuna's n_jobs",
+    )
     parser.add_argument("--spec", type=Path, default=SPEC, help="tuner's study (its split for all)")
     args = parser.parse_args()
     methods = args.methods.split(",")
@@ -292,11 +336,12 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for method in methods:  # interleaved: the machine's load hits every method alike
                 extra = {"spec_path": args.spec} if method == "tuner" else {}
-                row = METHODS[method](seed, args.budget, data, test, Path(tmp), **extra)
+                row = METHODS[method](seed, args.budget, data, test, Path(tmp), args.jobs, **extra)
                 row = {
                     "method": method,
                     "seed": seed,
                     "budget_s": args.budget,
+                    "jobs": args.jobs,
                     **row,
                     "seconds_to_threshold": {
                         str(t): _time_to(row["history"], t) for t in thresholds
