@@ -52,6 +52,19 @@ def test_bundled_sklearn_datasets(name, shape, classes, counts):
     assert len(dataset.feature_names) == shape[1] and dataset.test_rows is None
 
 
+@pytest.mark.parametrize("name", ["digits", "breast_cancer", "wine", "iris"])
+def test_bundled_sklearn_datasets_are_exactly_what_sklearns_loaders_give(name):
+    """The files are read without importing scikit-learn; the result is its load_NAME()'s."""
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    dataset = load_source(f"sklearn:{name}")
+    assert np.array_equal(dataset.X, bunch.data.astype(np.float32))
+    assert np.array_equal(dataset.y, bunch.target)
+    assert dataset.classes == [str(c) for c in bunch.target_names]
+    assert dataset.feature_names == [str(f) for f in bunch.feature_names]
+
+
 def test_unknown_sklearn_dataset_lists_the_bundled_ones():
     with pytest.raises(
         DataError,

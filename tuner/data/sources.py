@@ -26,6 +26,7 @@ rows come first, then the test file's.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import zipfile
 from collections.abc import Callable, Iterator
@@ -111,23 +112,81 @@ def _no_categorical(n_rows: int) -> dict:
     }
 
 
+#: The feature names scikit-learn's ``load_NAME()`` gives (``bunch.feature_names``); the
+#: values come from its data files. tests/test_sources.py checks both against scikit-learn.
+_BREAST_CANCER_MEASURES = (
+    "radius", "texture", "perimeter", "area", "smoothness", "compactness", "concavity",
+    "concave points", "symmetry", "fractal dimension",
+)  # fmt: skip
+SKLEARN_FEATURE_NAMES = {
+    "digits": [f"pixel_{r}_{c}" for r in range(8) for c in range(8)],
+    "breast_cancer": [f"mean {m}" for m in _BREAST_CANCER_MEASURES]
+    + [f"{m} error" for m in _BREAST_CANCER_MEASURES]
+    + [f"worst {m}" for m in _BREAST_CANCER_MEASURES],
+    "wine": [
+        "alcohol",
+        "malic_acid",
+        "ash",
+        "alcalinity_of_ash",
+        "magnesium",
+        "total_phenols",
+        "flavanoids",
+        "nonflavanoid_phenols",
+        "proanthocyanins",
+        "color_intensity",
+        "hue",
+        "od280/od315_of_diluted_wines",
+        "proline",
+    ],  # fmt: skip
+    "iris": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"],
+}
+_SKLEARN_FILES = {
+    "digits": "digits.csv.gz",
+    "breast_cancer": "breast_cancer.csv",
+    "wine": "wine_data.csv",
+    "iris": "iris.csv",
+}
+
+
+def _sklearn_data_folder() -> Path:
+    """scikit-learn's ``datasets/data`` folder, found without importing scikit-learn."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "data.source 'sklearn:...': scikit-learn is not installed; pip install scikit-learn"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
 def _load_sklearn(source: str, name: str) -> Dataset:
+    """A dataset bundled with scikit-learn, read from its data file as ``load_NAME()`` reads it.
+
+    The file is read with NumPy rather than through ``sklearn.datasets``: importing
+    scikit-learn took 2.2 s (it imports scipy.stats), which every ``tuner`` command and worker
+    process on these sources paid; reading the file takes milliseconds. The files: ``digits``
+    is 65 integer columns (64 pixels, then the digit); the others start with a header line
+    ``n_samples,n_features,class names...`` and end each row with the class index.
+    """
     if name not in SKLEARN_DATASETS:
         raise DataError(
             f"data.source {source!r}: unknown scikit-learn dataset {name!r}; known: "
             + ", ".join(f"sklearn:{d}" for d in SKLEARN_DATASETS)
         )
-    from sklearn import datasets
-
-    bunch = getattr(datasets, f"load_{name}")()
-    y, _ = _encode_labels(np.asarray(bunch.target))
-    classes = [str(bunch.target_names[c]) for c in np.unique(bunch.target)]
-    X = np.asarray(bunch.data)
+    path = _sklearn_data_folder() / _SKLEARN_FILES[name]
+    if name == "digits":
+        table = np.loadtxt(path, delimiter=",")
+        target_names = [str(c) for c in range(10)]
+    else:
+        with path.open(encoding="utf-8") as f:
+            target_names = f.readline().strip().split(",")[2:]
+            table = np.loadtxt(f, delimiter=",", ndmin=2)
+    target = table[:, -1].astype(np.int64)
+    y, _ = _encode_labels(target)
     return Dataset(
-        X=X,
+        X=table[:, :-1],
         y=y,
-        classes=classes,
-        feature_names=[str(f) for f in bunch.feature_names],
+        classes=[target_names[c] for c in np.unique(target)],
+        feature_names=list(SKLEARN_FEATURE_NAMES[name]),
         **_no_categorical(len(y)),
     )
 
