@@ -106,6 +106,40 @@ def run_tuner(
     )
 
 
+def invoke_tuner(*args: str, cwd: Path, env: dict | None = None) -> types.SimpleNamespace:
+    """Run ``tuner ARGS`` in this process (:func:`tuner.cli.main`, which turns errors into exit
+    codes as the command does), in ``cwd`` and the environment of :func:`run_tuner`; for the
+    many cases of one kind of bad input, where a process each spent its time importing. Gives
+    ``returncode``, ``stdout`` and ``stderr`` as :func:`run_tuner` does; an exception that
+    escapes ``main`` is printed as a process would print it, exit code 1."""
+    import contextlib
+    import io
+    import traceback
+
+    from tuner.cli import main
+
+    out, err, saved_env, saved_cwd = io.StringIO(), io.StringIO(), dict(os.environ), os.getcwd()
+    run_env = _tuner_env(env)
+    os.environ.clear()
+    os.environ.update(run_env)
+    code = 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def popen_tuner(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """Start ``tuner ARGS`` as a real process with text pipes; stop it with :func:`stop_process`."""
     return subprocess.Popen(

@@ -4,13 +4,12 @@ bad data input through the real command: exit code 2, one line naming the input,
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import REPO, people_table, run_tuner, write_mnist, write_spec
+from conftest import REPO, invoke_tuner, people_table, run_tuner, write_mnist, write_spec
 
 from tuner.data import load_source, load_training_data, stratified_split
 from tuner.data.inspect import inspect_data
@@ -187,24 +186,29 @@ def _assert_one_line_error(result, *texts):
 
 @pytest.fixture(scope="module")
 def bad_input_results(tmp_path_factory) -> dict:
-    """Each case's spec, run through ``tuner data inspect`` in its own process; the processes
-    run four at a time, since most of each one's time is spent importing."""
-    specs = {}
+    """Each case's spec, run through ``tuner data inspect`` in this process
+    (:func:`conftest.invoke_tuner`); one case also runs as a real process, in
+    :func:`test_a_bad_data_input_gets_the_same_line_from_a_real_process`."""
+    results = {}
     for case in sorted(CASES):
         folder = tmp_path_factory.mktemp(case.replace(" ", "-"))
-        specs[case] = (CASES[case][0](folder), folder)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = pool.map(
-            lambda case: run_tuner("data", "inspect", str(specs[case][0]), cwd=specs[case][1]),
-            specs,
-        )
-        return dict(zip(specs, results, strict=True))
+        spec = CASES[case][0](folder)
+        results[case] = (spec, invoke_tuner("data", "inspect", str(spec), cwd=folder))
+    return results
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_data_input_exits_2_with_one_line(bad_input_results, case):
     _, names, message = CASES[case]
-    _assert_one_line_error(bad_input_results[case], names, message)
+    _assert_one_line_error(bad_input_results[case][1], names, message)
+
+
+def test_a_bad_data_input_gets_the_same_line_from_a_real_process(bad_input_results):
+    case = "NaN in features"
+    spec, in_process = bad_input_results[case]
+    process = run_tuner("data", "inspect", str(spec), cwd=spec.parent)
+    _assert_one_line_error(process, *CASES[case][1:])
+    assert process.stderr == in_process.stderr
 
 
 def test_split_out_to_a_missing_folder_or_a_folder_exits_2_naming_it(tmp_path):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 import pandas as pd
 import pytest
 import sqlalchemy
-from conftest import REPO, popen_tuner, run_tuner, stop_process, write_spec
+from conftest import REPO, invoke_tuner, popen_tuner, run_tuner, stop_process, write_spec
 from optuna.trial import TrialState
 
 import tuner
@@ -111,18 +110,15 @@ BAD_SPECS = [
 
 @pytest.fixture(scope="module")
 def bad_spec_results(tmp_path_factory) -> list:
-    """Each bad spec run through `tuner study start` in its own process, four at a time
-    (most of each process's time is spent importing)."""
-    folders = []
+    """Each bad spec run through `tuner study start` in this process
+    (:func:`conftest.invoke_tuner`); one also runs as a real process, in
+    :func:`test_a_bad_spec_gets_the_same_line_from_a_real_process`."""
+    results = []
     for i, (text, _) in enumerate(BAD_SPECS):
         folder = tmp_path_factory.mktemp(f"bad-spec-{i}")
         (folder / "bad.toml").write_text(text)
-        folders.append(folder)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(
-            pool.map(lambda folder: run_tuner("study", "start", "bad.toml", cwd=folder), folders)
-        )
-    return list(zip(folders, results, strict=True))
+        results.append((folder, invoke_tuner("study", "start", "bad.toml", cwd=folder)))
+    return results
 
 
 @pytest.mark.parametrize(
@@ -136,6 +132,14 @@ def test_bad_spec_exits_2_with_one_line_naming_the_key(bad_spec_results, index):
     assert result.stderr.startswith("tuner: error: bad.toml: ") or "TOML" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (folder / "tuner.db").exists()  # nothing created
+
+
+def test_a_bad_spec_gets_the_same_line_from_a_real_process(bad_spec_results, tmp_path):
+    (tmp_path / "bad.toml").write_text(BAD_SPECS[0][0])
+    process = run_tuner("study", "start", "bad.toml", cwd=tmp_path)
+    assert process.returncode == 2 and not (tmp_path / "tuner.db").exists()
+    assert process.stderr == bad_spec_results[0][1].stderr
+    assert process.stderr == f"tuner: error: bad.toml: {BAD_SPECS[0][1]}\n"
 
 
 def _run_in_process(tmp_path, spec_text, name="s"):
