@@ -266,7 +266,9 @@ def read_table(
     codes = np.empty((len(df), len(text)), dtype=np.int32)
     categories = []
     for j, name in enumerate(text):
-        column_codes, uniques = pd.factorize(df[name].astype(str), sort=True)
+        # A missing value stays missing (code -1): pandas 2's astype(str) makes it "nan".
+        as_text = df[name].astype(str).where(df[name].notna())
+        column_codes, uniques = pd.factorize(as_text, sort=True)
         codes[:, j] = column_codes
         categories.append([str(u) for u in uniques])
     return Table(
