@@ -107,7 +107,8 @@ def _worker(tool: str, url: str, name: str, trials: int, workers: int, index: in
         study.optimize(n_trials=trials, callbacks=[on_trial])
     else:
         from tuner.data import load_training_data
-        from tuner.objective import accuracy, build_model, build_optimizer
+        from tuner.metrics import metric_value
+        from tuner.objective import build_model, build_optimizer
         from tuner.search import suggest
         from tuner.spec import parse_spec_dict
 
@@ -127,7 +128,8 @@ def _worker(tool: str, url: str, name: str, trials: int, workers: int, index: in
                 optimizer=build_optimizer(hp, model),
                 seed=trial.number,
             )
-            return accuracy(model, data.X_validation, data.y_validation)
+            logits = model.forward(data.X_validation, train=False)
+            return metric_value("accuracy", logits, data.y_validation, len(data.classes))
 
         study = optuna.load_study(
             study_name=name, storage=url, sampler=optuna.samplers.TPESampler(seed=index)

@@ -85,7 +85,7 @@ def overhead(folder: Path) -> None:
             parts["_fit"] = parts.get("_fit", 0.0) + time.perf_counter() - t0
 
     objective.fit = timed_fit
-    objective.accuracy = timed("validation", objective.accuracy)
+    objective.metric_value = timed("validation", objective.metric_value)
     objective.suggest = timed("sampling", objective.suggest)
     objective.activation_statistics = timed("init_statistics", objective.activation_statistics)
     objective.upload_artifact = timed("uploads", objective.upload_artifact)

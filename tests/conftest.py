@@ -30,6 +30,7 @@ name = "{name}"
 n_trials = {n_trials}
 seed = 0
 trial_plots = {trial_plots}
+metric = "{metric}"
 
 [data]
 source = "{source}"
@@ -51,10 +52,10 @@ name = "tpe"
 n_startup_trials = 3
 
 [pruner]
-name = "median"
-n_startup_trials = 2
-n_warmup_steps = 2
+{pruner}
 """
+#: The tiny spec's pruner table: median pruning after 2 complete trials and 2 epochs.
+MEDIAN_PRUNER = 'name = "median"\nn_startup_trials = 2\nn_warmup_steps = 2'
 
 
 def write_spec(
@@ -66,11 +67,14 @@ def write_spec(
     source: str = "sklearn:digits",
     data_extra: str = "",
     trial_plots: bool = False,
+    metric: str = "accuracy",
+    pruner: str = MEDIAN_PRUNER,
 ) -> Path:
     """Write a small, fast study spec and return its path; ``data_extra`` holds more lines of
     its ``[data]`` table, e.g. ``'target = "label"'``. Per-trial PNGs are off unless
     ``trial_plots``: drawing them cost more than training these tiny trials (the dashboard
-    tests and the default-study test draw them)."""
+    tests and the default-study test draw them). ``pruner`` is the body of the ``[pruner]``
+    table, e.g. ``'name = "none"'`` for trials that run every epoch."""
     path = folder / f"{name}.toml"
     path.write_text(
         TINY_SPEC.format(
@@ -79,6 +83,8 @@ def write_spec(
             epochs=epochs,
             source=source,
             data_extra=data_extra,
+            metric=metric,
+            pruner=pruner,
             trial_plots=str(trial_plots).lower(),
         )
     )
@@ -353,14 +359,12 @@ def people_table(n=60, seed=0):
 def write_tiny_trials_spec(folder: Path, n_trials: int) -> Path:
     """A spec of nearly free trials (one epoch, width 4 to 8, random sampling, no pruning):
     the database is the load."""
-    spec = write_spec(folder, n_trials=n_trials, epochs=1)
+    spec = write_spec(folder, n_trials=n_trials, epochs=1, pruner='name = "none"')
     spec.write_text(
         spec.read_text()
         .replace("low = 16, high = 64", "low = 4, high = 8")
         .replace("choices = [32, 64]", "choices = [512]")
         .replace('name = "tpe"', 'name = "random"')
         .replace("n_startup_trials = 3\n", "", 1)
-        .replace('name = "median"', 'name = "none"')
-        .replace("n_startup_trials = 2\nn_warmup_steps = 2\n", "")
     )
     return spec

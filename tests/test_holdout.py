@@ -459,7 +459,10 @@ def test_finalize_failing_before_the_test_rows_leaves_the_study_unsealed(
 def test_finalize_refuses_running_trials_and_wait_evaluates_the_best(
     tmp_path, storage_url, study_name
 ):
-    spec = write_spec(tmp_path, n_trials=300, epochs=30)
+    # Unpruned trials of about a second each: one is still running when finalize looks, a second
+    # after the test saw it (with 30-epoch prunable trials, both workers were sometimes
+    # between trials then, and the refusal did not come).
+    spec = write_spec(tmp_path, n_trials=300, epochs=60, pruner='name = "none"')
     start = popen_tuner(
         "study",
         "start",

@@ -17,7 +17,8 @@ from sklearn import metrics as skm
 
 from tuner.budget import BudgetedStudy, BudgetExhausted
 from tuner.dashboard import READ_ONLY_BANNER, READ_ONLY_REASON, ReadOnly
-from tuner.holdout import classification_metrics, simultaneous_interval, wilson_interval
+from tuner.holdout import simultaneous_interval
+from tuner.metrics import classification_metrics, wilson_interval
 from tuner.progress import Progress
 from tuner.storage import get_storage
 from tuner.study import spec_changes
@@ -62,6 +63,9 @@ def test_classification_metrics_match_scikit_learn():
         skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0), abs=1e-12
     )
     assert got["log_loss"] == pytest.approx(skm.log_loss(y, p, labels=labels), rel=1e-6)
+    assert got["balanced_accuracy"] == pytest.approx(
+        skm.balanced_accuracy_score(y, pred), abs=1e-12
+    )
     assert got["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=labels).tolist()
     assert got["accuracy_ci95"] == list(wilson_interval(got["n_correct"], n))
 

@@ -27,6 +27,7 @@ from tuner import study as studies
 from tuner import workers as run_workers_module
 from tuner.errors import TunerError
 from tuner.export import write_table
+from tuner.note import other_metrics
 from tuner.progress import Progress, format_params
 from tuner.spec import MAX_SEED, check_study_name
 from tuner.storage import (
@@ -486,10 +487,13 @@ def show(name, storage_url, as_json) -> None:
         click.echo("not finalized")
     elif record["completed"]:
         click.echo(f"sealed: {holdout.describe(record)}")
+        metric = record.get("metric", "accuracy")
         click.echo(
-            f"validation best {record['validation_value']:.4f} vs test {record['metrics']['accuracy']:.4f}: "
-            f"gap {record['gap']:+.4f} (how optimistic the best validation score was)"
+            f"validation best {record['validation_value']:.4f} vs test "
+            f"{record['metrics'][metric]:.4f} ({metric.replace('_', ' ')}): gap "
+            f"{record['gap']:+.4f} (how optimistic the best validation score was)"
         )
+        click.echo(f"test: {other_metrics(record)}")
     else:
         click.echo(f"sealed: {holdout.describe(record)}")
     if info["spec"]:

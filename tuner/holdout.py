@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import socket
 import statistics
@@ -65,9 +64,9 @@ from tuner._version import __version__
 from tuner.budget import study_lock
 from tuner.data import HoldoutData, load_holdout_data
 from tuner.errors import StudyRefused
+from tuner.metrics import Z_95, classification_metrics, wilson_interval
 from tuner.nn import MLP
-from tuner.nn.loss import log_softmax
-from tuner.note import evaluations_note, write_study_note
+from tuner.note import evaluations_note, validation_gap, write_study_note
 from tuner.objective import sha256_file
 from tuner.schema import WAITING_ATTR, holdout_table, legacy_table, metadata, study_uuid
 from tuner.spec import parse_spec_dict
@@ -77,8 +76,6 @@ from tuner.storage import durable_begin, first_line, schema_lock
 WAITING_STALE_S = 60
 #: Seconds between a waiting finalize's looks at the running trials.
 WAIT_POLL_S = 1.0
-#: Two-sided 95% normal quantile, for the Wilson interval.
-Z_95 = 1.959963984540054
 #: Family-wise error rate of the reported intervals.
 ALPHA = 0.05
 #: Fault injection for the crash-safety tests: seconds to sleep between the claim and opening
@@ -280,8 +277,8 @@ def describe(record: dict) -> str:
         line = (
             f"test accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.4f}-"
             f"{m['accuracy_ci95'][1]:.4f}, n={record['n_test']}) of trial "
-            f"{record['trial_number']}, validation {record['validation_value']:.4f}, "
-            f"recorded at {record['completed_at']}"
+            f"{record['trial_number']}, {validation_gap(record)}, recorded at "
+            f"{record['completed_at']}"
         )
         n = record.get("test_evaluations")
         if n:
@@ -325,16 +322,6 @@ def is_sealed(storage: optuna.storages.RDBStorage, study_name: str) -> bool:
     return get_record(storage, study_name) is not None
 
 
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (Wilson 1927; Brown, Cai & DasGupta
-    2001, eq. 4)."""
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def simultaneous_interval(successes: int, n: int, looks: int) -> tuple[float, float]:
     """Wilson interval at level ``1 - ALPHA / looks`` (Bonferroni): intervals that hold
     together, with 95% probability, over ``looks`` evaluations of the same test rows. Reusing a
@@ -342,28 +329,6 @@ def simultaneous_interval(successes: int, n: int, looks: int) -> tuple[float, fl
     (Science 349:636); one look gives the plain 95% interval."""
     z = statistics.NormalDist().inv_cdf(1 - ALPHA / (2 * looks)) if looks > 1 else Z_95
     return wilson_interval(successes, n, z)
-
-
-def classification_metrics(logits: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
-    """Accuracy (and ``n_correct``) with its 95% Wilson interval, macro-F1, log loss (nats)
-    and the confusion matrix (rows true class, columns predicted) of ``logits`` ``(n, classes)`` vs ``y`` ``(n,)``."""
-    pred = logits.argmax(axis=1)
-    n = y.size
-    correct = int(np.sum(pred == y))
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    tp = np.diag(confusion).astype(np.float64)
-    denom = confusion.sum(axis=0) + confusion.sum(axis=1)
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    log_p = log_softmax(logits.astype(np.float64))
-    return {
-        "accuracy": correct / n,
-        "n_correct": correct,
-        "accuracy_ci95": list(wilson_interval(correct, n)),
-        "macro_f1": float(f1.mean()),
-        "log_loss": float(-log_p[np.arange(n), y].mean()),
-        "confusion_matrix": confusion.tolist(),
-    }
 
 
 def load_weights(
@@ -636,9 +601,10 @@ def _prepare(
     artifact_id: str,
     sha: str,
     expected_fp: str | None,
-) -> tuple[MLP, HoldoutData, float | None]:
+) -> tuple[MLP, HoldoutData, float | None, str]:
     """Everything finalize needs before it reads a test row: weights (SHA-256 checked), spec,
-    data (fingerprint checked), the trial's validation value. Raises before any claim."""
+    data (fingerprint checked), the trial's validation value and the study's metric. Raises
+    before any claim."""
     name = study.study_name
     recorded = schema.recorded_spec(study)
     if recorded is None or expected_fp is None:
@@ -658,7 +624,7 @@ def _prepare(
     validation_value = next(
         t.value for t in study.get_trials(deepcopy=False) if t.number == trial_number
     )
-    return model, holdout, validation_value
+    return model, holdout, validation_value, spec.metric
 
 
 def _best_with_weights(
@@ -702,9 +668,10 @@ def finalize(
             run; ``on_wait`` is called with the running trials' numbers when they change.
 
     Returns:
-        The record: ``metrics`` (accuracy, n_correct, accuracy_ci95, macro_f1, log_loss,
-        confusion_matrix), ``n_test``, ``trial_number``, ``validation_value``, ``gap``
-        (validation minus test accuracy), ``weights_sha256``, ``data_fingerprint``,
+        The record: ``metrics`` (accuracy, n_correct, accuracy_ci95, balanced_accuracy,
+        macro_f1, log_loss, confusion_matrix: :func:`tuner.metrics.classification_metrics`),
+        ``n_test``, ``trial_number``, ``validation_value`` (of the study's ``metric``),
+        ``metric``, ``gap`` (validation minus test, of that metric), ``weights_sha256``, ``data_fingerprint``,
         ``test_fingerprint``, ``look_number``, ``test_evaluations``,
         ``accuracy_ci_simultaneous``, ``versions``, ``claimed_at``, ``completed_at``,
         ``host``, ``pid``.
@@ -734,7 +701,7 @@ def finalize(
                 "this host; wait for it to finish"
             )
         trial_number = record["trial_number"]
-        model, holdout, validation_value = _prepare(
+        model, holdout, validation_value, metric = _prepare(
             study,
             artifact_store,
             trial_number,
@@ -764,7 +731,7 @@ def finalize(
             with _no_new_trials(storage, study, wait=wait, on_wait=on_wait):
                 best, weights = _best_with_weights(study)
                 trial_number = best.number
-                model, holdout, validation_value = _prepare(
+                model, holdout, validation_value, metric = _prepare(
                     study, artifact_store, best.number, *weights, schema.data_fingerprint(study)
                 )
                 held.hold()
@@ -795,7 +762,8 @@ def finalize(
         "metrics": metrics,
         "n_test": int(holdout.y_test.size),
         "validation_value": validation_value,
-        "gap": validation_value - metrics["accuracy"],
+        "metric": metric,
+        "gap": validation_value - metrics[metric],
         "test_fingerprint": holdout.test_fingerprint,
         "look_number": look_number,
         "versions": {

@@ -25,6 +25,28 @@ def evaluations_note(n: int, interval: list[float] | tuple[float, float]) -> str
     )
 
 
+def other_metrics(record: dict) -> str:
+    """ "balanced accuracy 0.9612, macro-F1 0.9598, log loss 0.1402" of a completed locked
+    ``record``: those of them it holds (records of older versions lack balanced accuracy)."""
+    m = record["metrics"]
+    labels = {
+        "balanced_accuracy": "balanced accuracy",
+        "macro_f1": "macro-F1",
+        "log_loss": "log loss",
+    }
+    return ", ".join(f"{label} {m[key]:.4f}" for key, label in labels.items() if key in m)
+
+
+def validation_gap(record: dict) -> str:
+    """ "validation accuracy 0.9722, gap (validation - test) +0.0111": the selected trial's
+    validation value of the study's metric and its optimism over the same metric on test."""
+    metric = record.get("metric", "accuracy")  # records of older versions: accuracy studies
+    return (
+        f"validation {metric.replace('_', ' ')} {record['validation_value']:.4f}, "
+        f"gap (validation - test) {record['gap']:+.4f}"
+    )
+
+
 def study_note(study: optuna.Study, record: dict | None = None) -> str:
     """The study's note: dataset, split sizes, fingerprint, resolved spec and, once
     finalized, the locked test ``record`` (from :func:`tuner.holdout.finalize`) with its
@@ -48,10 +70,8 @@ def study_note(study: optuna.Study, record: dict | None = None) -> str:
             "## Locked test evaluation",
             "",
             f"- **test accuracy {m['accuracy']:.4f}** (95% Wilson interval {m['accuracy_ci95'][0]:.4f} to "
-            f"{m['accuracy_ci95'][1]:.4f}, n = {record['n_test']}), macro-F1 {m['macro_f1']:.4f}, "
-            f"log loss {m['log_loss']:.4f}",
-            f"- trial {record['trial_number']}, validation {record['validation_value']:.4f}, "
-            f"gap (validation - test) {record['gap']:+.4f}",
+            f"{m['accuracy_ci95'][1]:.4f}, n = {record['n_test']}), {other_metrics(record)}",
+            f"- trial {record['trial_number']}, {validation_gap(record)}",
             f"- weights SHA-256 `{record['weights_sha256']}`, recorded {record['completed_at']}",
         ]
         if record.get("test_evaluations"):
@@ -64,7 +84,7 @@ def study_note(study: optuna.Study, record: dict | None = None) -> str:
         "## Trials",
         "",
         f"Each finished trial has the user attributes `{schema.TRAINING_LOSS_ATTR}` and "
-        f"`{schema.VALIDATION_ACCURACY_ATTR}` (one value per epoch) and two PNG artifacts: its "
+        f"`{schema.validation_curve_attr(schema.study_metric(study))}` (one value per epoch) and two PNG artifacts: its "
         "learning curve and its activation histograms at initialization. `tuner study report` "
         "draws them for the whole study.",
         "",

@@ -16,6 +16,7 @@ from optuna.artifacts import upload_artifact
 from tuner import interrupt, schema
 from tuner.data import TrainingData
 from tuner.errors import ArtifactStoreError
+from tuner.metrics import metric_value
 from tuner.nn import MLP, DivergedError, activation_statistics, fit, make_optimizer
 from tuner.plots import draw_activation_histograms, draw_learning_curves
 from tuner.search import suggest
@@ -26,11 +27,6 @@ HISTOGRAM_BINS = 50
 #: At most this many training rows (a seeded sample) feed the activation histograms: enough
 #: for the picture, and a large training split does not slow every trial.
 HISTOGRAM_ROWS = 4096
-
-
-def accuracy(model: MLP, X: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of rows of ``X`` ``(n, features)`` whose predicted class equals ``y`` ``(n,)``."""
-    return float(np.mean(model.predict(X) == y))
 
 
 def trial_seeds(seed: int, trial_number: int) -> tuple[int, int]:
@@ -92,12 +88,13 @@ def sha256_file(path: Path) -> str:
 
 
 class Objective:
-    """Callable for ``study.optimize``: returns the final validation accuracy of one trial.
+    """Callable for ``study.optimize``: returns the final validation value of the study's
+    metric (``study.metric``, :func:`tuner.metrics.metric_value`) of one trial.
 
-    Every epoch the validation accuracy is reported as the trial's intermediate value, and
+    Every epoch that validation value is reported as the trial's intermediate value, and
     the pruner may stop the trial. A trial whose loss turns NaN or infinite is pruned with
     the reason recorded (:func:`tuner.schema.set_diverged`). Every finished trial (complete or
-    pruned) records its per-epoch training loss and validation accuracy
+    pruned) records its per-epoch training loss and validation value
     (:func:`tuner.schema.set_learning_curves`); every complete trial also uploads two PNG
     artifacts for the dashboard: its learning curve and its activation histograms at
     initialization (on the training split, before the first step). A trial whose value is at
@@ -117,11 +114,13 @@ class Objective:
         optimizer = build_optimizer(hp, model)
         losses: list[float] = []
         scores: list[float] = []
+        metric = self.spec.metric
 
         def on_epoch(epoch: int, train_loss: float) -> None:
             with interrupt.deferred():  # a signal waits for the database writes
                 losses.append(train_loss)
-                scores.append(accuracy(model, d.X_validation, d.y_validation))
+                logits = model.forward(d.X_validation, train=False)
+                scores.append(metric_value(metric, logits, d.y_validation, len(d.classes)))
                 trial.report(scores[-1], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -169,7 +168,7 @@ class Objective:
         the trial started from), so that trials without PNGs do not pay for them.
         """
         # Drawn once per trial, when it finishes: per-epoch drawing would dominate a trial's time.
-        schema.set_learning_curves(trial, losses, scores)
+        schema.set_learning_curves(trial, losses, scores, self.spec.metric)
         if not (plots and self.spec.resolved["study"]["trial_plots"]):
             return
         d = self.data
@@ -184,6 +183,7 @@ class Objective:
                 {f"trial {n}": (losses, scores)},
                 Path(tmp) / f"trial-{n}-learning-curve.png",
                 title=f"trial {n}: learning curve",
+                metric=self.spec.metric,
             )
             histograms = draw_activation_histograms(
                 {str(hp["initializer"]): init_stats},

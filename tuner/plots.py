@@ -45,16 +45,21 @@ def _margins(
 
 
 def draw_learning_curves(
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, *, title: str = ""
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    *,
+    title: str = "",
+    metric: str = "accuracy",
 ) -> Path:
-    """Write a PNG of training loss and validation accuracy per epoch, one line per curve.
+    """Write a PNG of training loss and the validation ``metric`` per epoch, one line per curve.
 
     Args:
         curves: label -> (training loss per epoch (mean softmax cross-entropy, nats),
-            validation accuracy per epoch (fraction)); epoch ``i + 1`` at index ``i``. A
-            curve may be shorter than the others (pruned trials).
+            validation value of ``metric`` per epoch (a fraction; log loss in nats)); epoch
+            ``i + 1`` at index ``i``. A curve may be shorter than the others (pruned trials).
         path: the PNG file to write.
         title: the figure's title.
+        metric: the study's metric (``study.metric``), for the axis label.
 
     Returns:
         ``path``.
@@ -72,7 +77,7 @@ def draw_learning_curves(
     loss_ax.set_xlabel("epoch", fontsize="small")
     loss_ax.set_ylabel("training loss (nats)", fontsize="small")
     acc_ax.set_xlabel("epoch", fontsize="small")
-    acc_ax.set_ylabel("validation accuracy", fontsize="small")
+    acc_ax.set_ylabel(f"validation {metric.replace('_', ' ')}", fontsize="small")
     _margins(fig, left_in=0.6, bottom_in=0.45, top_in=0.35 if title else 0.1, wspace=0.3, hspace=0)
     if len(curves) > 1:
         acc_ax.legend(fontsize="x-small")

@@ -26,6 +26,7 @@ from tuner import holdout, schema
 from tuner.data import load_training_data
 from tuner.errors import TunerError
 from tuner.nn import MLP, activation_statistics
+from tuner.note import other_metrics, validation_gap
 from tuner.objective import HISTOGRAM_BINS, histogram_rows
 from tuner.plots import (
     count_limit,
@@ -184,10 +185,11 @@ def _learning_curve_section(study: optuna.Study, out: Path) -> Section:
     from plotly.subplots import make_subplots
 
     title = "Learning curves of the best trials"
+    metric = schema.study_metric(study)
     complete = [
         (t, curve)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if (curve := schema.learning_curves(t))
+        if (curve := schema.learning_curves(t, metric))
     ]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     top = sorted(complete, key=lambda tc: float(tc[0].value or 0.0), reverse=reverse)[:TOP_TRIALS]
@@ -195,11 +197,13 @@ def _learning_curve_section(study: optuna.Study, out: Path) -> Section:
         return Section(
             title,
             note=f"no completed trial with the user attributes {schema.TRAINING_LOSS_ATTR!r} "
-            f"and {schema.VALIDATION_ACCURACY_ATTR!r}",
+            f"and {schema.validation_curve_attr(metric)!r}",
         )
     curves = {f"trial {t.number} ({t.value:.4f})": curve for t, curve in top}
     figure = make_subplots(
-        rows=1, cols=2, subplot_titles=("training loss (nats)", "validation accuracy")
+        rows=1,
+        cols=2,
+        subplot_titles=("training loss (nats)", f"validation {metric.replace('_', ' ')}"),
     )
     for i, (label, (losses, scores)) in enumerate(curves.items()):
         color = f"hsl({i * 360 // len(curves)},60%,45%)"
@@ -222,13 +226,17 @@ def _learning_curve_section(study: optuna.Study, out: Path) -> Section:
     )
     figure.update_layout(height=380)
     draw_learning_curves(
-        curves, out / "learning_curves.png", title=f"the {len(top)} best completed trials"
+        curves,
+        out / "learning_curves.png",
+        title=f"the {len(top)} best completed trials",
+        metric=metric,
     )
     return Section(
         title,
         figure,
         "learning_curves.png",
-        note=f"the {len(top)} best completed trials (of at most {TOP_TRIALS}), validation accuracy in brackets",
+        note=f"the {len(top)} best completed trials (of at most {TOP_TRIALS}), validation "
+        f"{metric.replace('_', ' ')} in brackets",
     )
 
 
@@ -370,9 +378,9 @@ def _test_section(study: optuna.Study, storage, out: Path) -> Section:
     low, high = m["accuracy_ci95"]
     text = (
         f"test accuracy {m['accuracy']:.4f} (95% Wilson interval {low:.4f} to {high:.4f}, "
-        f"n = {record['n_test']}), macro-F1 {m['macro_f1']:.4f}, log loss {m['log_loss']:.4f}; "
-        f"trial {record['trial_number']}, validation accuracy {record['validation_value']:.4f}, "
-        f"gap (validation - test) {record['gap']:+.4f}; recorded {record['completed_at']}"
+        f"n = {record['n_test']}), {other_metrics(record)}; trial "
+        f"{record['trial_number']}, {validation_gap(record)}; recorded "
+        f"{record['completed_at']}"
     )
     if record.get("test_evaluations"):  # absent from records copied from older versions
         text += "; " + holdout.evaluations_note(

@@ -47,7 +47,7 @@ WEIGHTS_SHA256_ATTR = "weights_sha256"
 #: Per-epoch mean training loss (nats) and validation accuracy, epoch ``i + 1`` at index
 #: ``i``; shorter than ``model.epochs`` for pruned trials.
 TRAINING_LOSS_ATTR = "training_loss"
-VALIDATION_ACCURACY_ATTR = "validation_accuracy"
+VALIDATION_ACCURACY_ATTR = "validation_accuracy"  # validation_curve_attr("accuracy")
 #: Why a trial's training diverged (NaN or infinite loss); the trial is pruned.
 DIVERGED_ATTR = "diverged"
 #: Why a trial failed when tuner knows (the artifact store full or unwritable); the trial is FAIL.
@@ -248,18 +248,32 @@ def set_holdout_mark(storage: optuna.storages.BaseStorage, study_id: int, mark: 
 # --- Trial attributes. ``trial`` is an ``optuna.Trial`` (to set) or a ``FrozenTrial``.
 
 
-def set_learning_curves(trial: optuna.Trial, losses: list[float], scores: list[float]) -> None:
-    """Record the per-epoch training loss and validation accuracy (6 significant digits)."""
+def validation_curve_attr(metric: str) -> str:
+    """The trial user attribute of the per-epoch validation values of ``metric``:
+    ``validation_accuracy``, ``validation_log_loss``, ..."""
+    return f"validation_{metric}"
+
+
+def study_metric(study) -> str:
+    """The study's ``study.metric`` as recorded at creation (``accuracy`` if none is)."""
+    return (recorded_spec(study) or {}).get("study", {}).get("metric", "accuracy")
+
+
+def set_learning_curves(
+    trial: optuna.Trial, losses: list[float], scores: list[float], metric: str = "accuracy"
+) -> None:
+    """Record the per-epoch training loss and validation ``metric`` (6 significant digits)."""
     trial.set_user_attr(TRAINING_LOSS_ATTR, [float(f"{x:.6g}") for x in losses])
-    trial.set_user_attr(VALIDATION_ACCURACY_ATTR, [float(f"{x:.6g}") for x in scores])
+    trial.set_user_attr(validation_curve_attr(metric), [float(f"{x:.6g}") for x in scores])
 
 
-def learning_curves(trial) -> tuple[list[float], list[float]] | None:
-    """The per-epoch (training losses, validation accuracies), or None if not recorded."""
+def learning_curves(trial, metric: str = "accuracy") -> tuple[list[float], list[float]] | None:
+    """The per-epoch (training losses, validation values of ``metric``), or None if not
+    recorded."""
     losses = trial.user_attrs.get(TRAINING_LOSS_ATTR)
     if not losses:
         return None
-    return losses, trial.user_attrs.get(VALIDATION_ACCURACY_ATTR, [])
+    return losses, trial.user_attrs.get(validation_curve_attr(metric), [])
 
 
 def set_diverged(trial: optuna.Trial, reason: str) -> None:

@@ -23,7 +23,14 @@ from tuner.nn.initializers import INITIALIZERS, resolve
 from tuner.nn.layers import ACTIVATIONS
 from tuner.nn.optimizers import OPTIMIZERS
 
-METRICS: dict[str, Literal["minimize", "maximize"]] = {"accuracy": "maximize"}
+#: ``study.metric``: each metric (:func:`tuner.metrics.classification_metrics`) and the
+#: direction the study optimizes it in.
+METRICS: dict[str, Literal["minimize", "maximize"]] = {
+    "accuracy": "maximize",
+    "balanced_accuracy": "maximize",
+    "macro_f1": "maximize",
+    "log_loss": "minimize",
+}
 #: Each sampler's options and their defaults (all samplers are Optuna's, seeded).
 SAMPLERS: dict[str, dict[str, Any]] = {
     "tpe": {"n_startup_trials": 10},
