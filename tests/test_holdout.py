@@ -14,7 +14,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import popen_tuner, run_tuner, stop_process, write_spec
 
+import tuner
 from tuner.data import load_source
+from tuner.errors import StudyRefused
 from tuner.holdout import PAUSE_AFTER_CLAIM_ENV, get_record
 from tuner.schema import holdout_table
 
@@ -596,3 +598,32 @@ def test_a_database_with_the_old_holdout_table_keeps_its_seals(tmp_path):
             ("pending", False),
         ]
     engine.dispose()
+
+
+def test_a_claim_committed_between_the_look_check_and_the_look_number_is_refused(
+    tmp_path, monkeypatch
+):
+    """The race of two finalize processes on PostgreSQL, made certain in one process: study b
+    checks the looks at its test rows before study a's claim commits, and reads the highest
+    look number after it. Before the fix b took look 2 without --reuse-test (seen in CI)."""
+    from tuner import holdout
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    spec = write_spec(tmp_path, n_trials=2, epochs=2)
+    a = tuner.create_study(spec, storage=url, name="a")
+    a.optimize()
+    b = tuner.create_study(spec, storage=url, name="b")
+    b.optimize()
+    a.finalize()
+    real_looks, calls = holdout._looks, []
+
+    def looks_read_before_a_committed(*args):
+        calls.append(args)
+        return [] if len(calls) == 1 else real_looks(*args)
+
+    monkeypatch.setattr(holdout, "_looks", looks_read_before_a_committed)
+    with pytest.raises(StudyRefused, match="--reuse-test"):
+        b.finalize()
+    assert len(calls) >= 2
+    assert [r[1] for r in _v2_rows(url)] == [1]  # a's look only
+    assert not b.is_sealed()
