@@ -90,6 +90,8 @@ def test_a_log_loss_study_through_the_cli(tmp_path):
     assert f"validation log_loss {study.best_value:.4f}" in started.stdout
     finalized = run_tuner("study", "finalize", "tiny", "--storage", url, cwd=tmp_path)
     assert finalized.returncode == 0, finalized.stderr
+    assert finalized.stdout.count("validation log loss") == 1, finalized.stdout
+    assert finalized.stdout.count("gap (validation - test)") == 1, finalized.stdout
     shown = run_tuner("study", "show", "tiny", "--storage", url, "--json", cwd=tmp_path)
     info = json.loads(shown.stdout)
     assert (info["direction"], info["metric"], info["final"]["metric"]) == (

@@ -551,10 +551,7 @@ def finalize(name, storage_url, artifact_dir, recover, wait, reuse_test) -> None
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
-    click.echo(
-        f"study {name!r} finalized and sealed: {holdout.describe(record)}; "
-        f"gap (validation - test) {record['gap']:+.4f}"
-    )
+    click.echo(f"study {name!r} finalized and sealed: {holdout.describe(record)}")
 
 
 @study.command()
