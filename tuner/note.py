@@ -107,19 +107,20 @@ def _save_note() -> Callable[[optuna.Study, str], None]:
     optuna-dashboard changes that, the package is imported as usual.
     """
     package = importlib.util.find_spec("optuna_dashboard")
-    try:
-        assert package is not None and package.origin is not None
+    if package is not None and package.origin is not None:
         spec = importlib.util.spec_from_file_location(
             "tuner._optuna_dashboard_note", Path(package.origin).with_name("_note.py")
         )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.save_note
-    except (AssertionError, ImportError, OSError, AttributeError):
-        import optuna_dashboard
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+                return module.save_note
+            except (ImportError, OSError, AttributeError):
+                pass
+    import optuna_dashboard
 
-        return optuna_dashboard.save_note
+    return optuna_dashboard.save_note
 
 
 def write_study_note(study: optuna.Study, record: dict | None = None) -> None:
