@@ -313,7 +313,7 @@ source = "sklearn:digits"
 
 [model]
 hidden_layers = 2
-epochs = 150
+epochs = 600
 
 [search]
 learning_rate = { low = 1e-3, high = 0.3, log = true }
@@ -499,17 +499,23 @@ killed_worker() {
   export STUDY_NAME=ci-kill STUDY_SPEC=/opt/tuner/studies/ci-kill.toml
   tuner_run > /dev/null || fail "create ci-kill failed"
   victim=$(c1 run -d --no-deps worker 2> /dev/null | tail -1)
-  for ((i = 0; i < 120; i++)); do
-    running=$($DOCKER exec "$victim" python -c '
-import os, optuna
+  # One process in the victim polls every 0.1 s for a trial between its 1st and 50th epoch of
+  # 600 (about 0.6 s of a 7 s trial), so the kill lands mid-trial, not after the trial ended.
+  running=$($DOCKER exec "$victim" python -c '
+import os, time, optuna
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-s = optuna.load_study(study_name="ci-kill", storage=os.environ["TUNER_STORAGE"])
-print(sum(t.state.name == "RUNNING" and len(t.intermediate_values) > 0 for t in s.get_trials()))
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        trials = optuna.load_study(study_name="ci-kill", storage=os.environ["TUNER_STORAGE"]).get_trials()
+    except Exception:
+        trials = []
+    if any(t.state.name == "RUNNING" and 1 <= len(t.intermediate_values) <= 50 for t in trials):
+        print(1)
+        break
+    time.sleep(0.1)
 ' 2> /dev/null || true)
-    [ "$running" = 1 ] && break
-    sleep 1
-  done
-  [ "$running" = 1 ] || fail "the ci-kill worker had no trial past its first epoch within 120 s"
+  [ "$running" = 1 ] || fail "the ci-kill worker had no trial in its first 50 epochs within 120 s"
   $DOCKER kill "$victim" > /dev/null
   code=$(exit_code "$victim")
   [ "$code" = 137 ] || fail "the killed worker exited $code, not 137"
