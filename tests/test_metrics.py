@@ -77,7 +77,11 @@ def test_each_metric_end_to_end(tmp_path, metric):
         in page
     )
     shown = invoke_tuner("study", "show", "tiny", "--storage", url, cwd=tmp_path)
-    assert f"({label}): gap {record['gap']:+.4f}" in shown.stdout, shown.stdout
+    gap = f"validation {label} {record['validation_value']:.4f}, gap (validation - test) "
+    assert f"{gap}{record['gap']:+.4f}" in shown.stdout, shown.stdout
+    forecast = record["forecast"]  # the study's metric, in its direction
+    assert forecast["n_trials"] == len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    assert forecast["ci95"][0] <= forecast["value"] <= forecast["ci95"][1]
 
 
 def test_a_log_loss_study_through_the_cli(tmp_path):

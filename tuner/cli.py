@@ -27,7 +27,8 @@ from tuner import study as studies
 from tuner import workers as run_workers_module
 from tuner.errors import TunerError
 from tuner.export import write_table
-from tuner.note import other_metrics
+from tuner.forecast import describe_forecast
+from tuner.note import forecast_beside_test, other_metrics
 from tuner.progress import Progress, format_params
 from tuner.spec import MAX_SEED, check_study_name
 from tuner.storage import (
@@ -483,16 +484,16 @@ def show(name, storage_url, as_json) -> None:
             f"best trial {b['number']}: validation {b['value']:.4f}  {format_params(b['params'])}"
         )
     record = holdout.get_record(study.storage, name)
+    if record is None or not record["completed"]:
+        click.echo(
+            f"forecast of the best trial's test {(info['metric'] or 'score').replace('_', ' ')}: "
+            f"{describe_forecast(info['forecast'])}"
+        )
     if record is None:
         click.echo("not finalized")
     elif record["completed"]:
         click.echo(f"sealed: {holdout.describe(record)}")
-        metric = record.get("metric", "accuracy")
-        click.echo(
-            f"validation best {record['validation_value']:.4f} vs test "
-            f"{record['metrics'][metric]:.4f} ({metric.replace('_', ' ')}): gap "
-            f"{record['gap']:+.4f} (how optimistic the best validation score was)"
-        )
+        click.echo(forecast_beside_test(record))
         click.echo(f"test: {other_metrics(record)}")
     else:
         click.echo(f"sealed: {holdout.describe(record)}")

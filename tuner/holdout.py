@@ -64,6 +64,7 @@ from tuner._version import __version__
 from tuner.budget import study_lock
 from tuner.data import HoldoutData, load_holdout_data
 from tuner.errors import StudyRefused
+from tuner.forecast import study_forecast
 from tuner.metrics import Z_95, classification_metrics, wilson_interval
 from tuner.nn import MLP
 from tuner.note import evaluations_note, validation_gap, write_study_note
@@ -605,10 +606,11 @@ def _prepare(
     artifact_id: str,
     sha: str,
     expected_fp: str | None,
-) -> tuple[MLP, HoldoutData, float | None, str]:
+) -> tuple[MLP, HoldoutData, float | None, str, dict]:
     """Everything finalize needs before it reads a test row: weights (SHA-256 checked), spec,
-    data (fingerprint checked), the trial's validation value and the study's metric. Raises
-    before any claim."""
+    data (fingerprint checked), the trial's validation value, the study's metric and the
+    forecast of the test score (:func:`tuner.forecast.study_forecast`, made here, before the
+    test split is opened). Raises before any claim."""
     name = study.study_name
     recorded = schema.recorded_spec(study)
     if recorded is None or expected_fp is None:
@@ -628,7 +630,7 @@ def _prepare(
     validation_value = next(
         t.value for t in study.get_trials(deepcopy=False) if t.number == trial_number
     )
-    return model, holdout, validation_value, spec.metric
+    return model, holdout, validation_value, spec.metric, study_forecast(study)
 
 
 def _best_with_weights(
@@ -675,7 +677,8 @@ def finalize(
         The record: ``metrics`` (accuracy, n_correct, accuracy_ci95, balanced_accuracy,
         macro_f1, log_loss, confusion_matrix: :func:`tuner.metrics.classification_metrics`),
         ``n_test``, ``trial_number``, ``validation_value`` (of the study's ``metric``),
-        ``metric``, ``gap`` (validation minus test, of that metric), ``weights_sha256``, ``data_fingerprint``,
+        ``metric``, ``gap`` (validation minus test, of that metric), ``forecast`` (made before
+        the test split was opened: :func:`tuner.forecast.study_forecast`), ``weights_sha256``, ``data_fingerprint``,
         ``test_fingerprint``, ``look_number``, ``test_evaluations``,
         ``accuracy_ci_simultaneous``, ``versions``, ``claimed_at``, ``completed_at``,
         ``host``, ``pid``.
@@ -705,7 +708,7 @@ def finalize(
                 "this host; wait for it to finish"
             )
         trial_number = record["trial_number"]
-        model, holdout, validation_value, metric = _prepare(
+        model, holdout, validation_value, metric, forecast = _prepare(
             study,
             artifact_store,
             trial_number,
@@ -735,7 +738,7 @@ def finalize(
             with _no_new_trials(storage, study, wait=wait, on_wait=on_wait):
                 best, weights = _best_with_weights(study)
                 trial_number = best.number
-                model, holdout, validation_value, metric = _prepare(
+                model, holdout, validation_value, metric, forecast = _prepare(
                     study, artifact_store, best.number, *weights, schema.data_fingerprint(study)
                 )
                 held.hold()
@@ -768,6 +771,7 @@ def finalize(
         "validation_value": validation_value,
         "metric": metric,
         "gap": validation_value - metrics[metric],
+        "forecast": forecast,
         "test_fingerprint": holdout.test_fingerprint,
         "look_number": look_number,
         "versions": {

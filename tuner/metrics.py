@@ -23,6 +23,12 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def true_class_log_probability(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``log softmax(logits)[i, y[i]]`` ``(n,)`` float64 (nats) of ``logits`` ``(n, n_classes)``,
+    computed in float64."""
+    return log_softmax(logits.astype(np.float64))[np.arange(y.size), y]
+
+
 def classification_metrics(logits: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
     """The metrics of ``logits`` ``(n, n_classes)`` (any float dtype) against labels ``y``
     ``(n,)`` (int): ``accuracy`` (and ``n_correct``) with its 95% Wilson interval
@@ -43,14 +49,13 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, n_classes: int) ->
     denom = confusion.sum(axis=0) + true_rows
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     present = true_rows > 0
-    log_p = log_softmax(logits.astype(np.float64))
     return {
         "accuracy": correct / n,
         "n_correct": correct,
         "accuracy_ci95": list(wilson_interval(correct, n)),
         "balanced_accuracy": float(np.mean(tp[present] / true_rows[present])),
         "macro_f1": float(f1.mean()),
-        "log_loss": float(-log_p[np.arange(n), y].mean()),
+        "log_loss": float(-true_class_log_probability(logits, y).mean()),
         "confusion_matrix": confusion.tolist(),
     }
 

@@ -16,7 +16,7 @@ from optuna.artifacts import upload_artifact
 from tuner import interrupt, schema
 from tuner.data import TrainingData
 from tuner.errors import ArtifactStoreError
-from tuner.metrics import metric_value
+from tuner.metrics import metric_value, true_class_log_probability
 from tuner.nn import MLP, DivergedError, activation_statistics, fit, make_optimizer
 from tuner.plots import draw_activation_histograms, draw_learning_curves
 from tuner.search import suggest
@@ -95,7 +95,8 @@ class Objective:
     the pruner may stop the trial. A trial whose loss turns NaN or infinite is pruned with
     the reason recorded (:func:`tuner.schema.set_diverged`). Every finished trial (complete or
     pruned) records its per-epoch training loss and validation value
-    (:func:`tuner.schema.set_learning_curves`); every complete trial also uploads two PNG
+    (:func:`tuner.schema.set_learning_curves`) and, unless it diverged, the validation
+    predictions of its last epoch for the forecast (:mod:`tuner.forecast`); every complete trial also uploads two PNG
     artifacts for the dashboard: its learning curve and its activation histograms at
     initialization (on the training split, before the first step). A trial whose value is at
     least the study's best so far saves its model (npz) to the artifact store, with its
@@ -114,12 +115,14 @@ class Objective:
         optimizer = build_optimizer(hp, model)
         losses: list[float] = []
         scores: list[float] = []
+        last_logits: list[np.ndarray] = []  # the latest epoch's validation logits
         metric = self.spec.metric
 
         def on_epoch(epoch: int, train_loss: float) -> None:
             with interrupt.deferred():  # a signal waits for the database writes
                 losses.append(train_loss)
                 logits = model.forward(d.X_validation, train=False)
+                last_logits[:] = [logits]
                 scores.append(metric_value(metric, logits, d.y_validation, len(d.classes)))
                 trial.report(scores[-1], epoch)
                 if trial.should_prune():
@@ -139,12 +142,12 @@ class Objective:
                 )
         except DivergedError as e:
             schema.set_diverged(trial, str(e))
-            self._record_learning(trial, hp, losses, scores)
+            self._record_learning(trial, hp, losses, scores, [])  # no predictions of NaN weights
             raise optuna.TrialPruned(str(e)) from None
         except optuna.TrialPruned:
-            self._record_learning(trial, hp, losses, scores)
+            self._record_learning(trial, hp, losses, scores, last_logits)
             raise
-        self._record_learning(trial, hp, losses, scores, plots=True)
+        self._record_learning(trial, hp, losses, scores, last_logits, plots=True)
         value = scores[-1]
         if self._is_best_so_far(trial.study, value):
             self._save_weights(trial, model)
@@ -156,11 +159,14 @@ class Objective:
         hp: dict,
         losses: list[float],
         scores: list[float],
+        last_logits: list[np.ndarray],
         *,
         plots: bool = False,
     ) -> None:
-        """Per-epoch user attributes and, for a complete trial (``plots``, unless
-        ``study.trial_plots = false``), the two PNG artifacts.
+        """Per-epoch user attributes, the validation predictions of the last epoch (from its
+        logits, if any; :func:`tuner.schema.set_validation_predictions`, with the true-class
+        log-probabilities when the metric is ``log_loss``) and, for a complete trial (``plots``,
+        unless ``study.trial_plots = false``), the two PNG artifacts.
 
         Pruned trials get no PNGs: they cannot be the best trial, and drawing took a third of
         the default study's time (benchmarks/bench_study.py). The activation histograms are
@@ -169,9 +175,16 @@ class Objective:
         """
         # Drawn once per trial, when it finishes: per-epoch drawing would dominate a trial's time.
         schema.set_learning_curves(trial, losses, scores, self.spec.metric)
+        d = self.data
+        for logits in last_logits:
+            log_p = (
+                true_class_log_probability(logits, d.y_validation)
+                if self.spec.metric == "log_loss"
+                else None
+            )
+            schema.set_validation_predictions(trial, logits.argmax(axis=1), len(d.classes), log_p)
         if not (plots and self.spec.resolved["study"]["trial_plots"]):
             return
-        d = self.data
         init_seed, _ = trial_seeds(self.seed, trial.number)
         fresh = build_model(self.spec, hp, d.n_features, len(d.classes), init_seed)
         init_stats = activation_statistics(

@@ -25,8 +25,9 @@ from optuna.trial import TrialState
 from tuner import holdout, schema
 from tuner.data import load_training_data
 from tuner.errors import TunerError
+from tuner.forecast import describe_forecast, study_forecast
 from tuner.nn import MLP, activation_statistics
-from tuner.note import other_metrics, validation_gap
+from tuner.note import forecast_beside_test, other_metrics, validation_gap
 from tuner.objective import HISTOGRAM_BINS, histogram_rows
 from tuner.plots import (
     count_limit,
@@ -370,7 +371,9 @@ def _test_section(study: optuna.Study, storage, out: Path) -> Section:
         return Section(
             title,
             note=f"not finalized: the test split has not been evaluated; run "
-            f"`tuner study finalize {study.study_name}` once tuning is over",
+            f"`tuner study finalize {study.study_name}` once tuning is over. Forecast of the "
+            f"best trial's test {schema.study_metric(study).replace('_', ' ')}: "
+            f"{describe_forecast(study_forecast(study))}",
         )
     if not record["completed"]:
         return Section(title, note=holdout.describe(record))
@@ -386,8 +389,29 @@ def _test_section(study: optuna.Study, storage, out: Path) -> Section:
         text += "; " + holdout.evaluations_note(
             record["test_evaluations"], record["accuracy_ci_simultaneous"]
         )
+    text += "; " + forecast_beside_test(record)
+    forecast = record.get("forecast") or {}
+    forecast_points = []
+    if record.get("metric", "accuracy") == "accuracy" and forecast.get("value") is not None:
+        value, (f_low, f_high) = forecast["value"], forecast["ci95"]
+        forecast_points.append(
+            go.Scatter(
+                x=[value],
+                y=["forecast"],
+                mode="markers",
+                marker={"size": 12, "symbol": "square"},
+                name="forecast before the test split was opened (BBC-CV)",
+                error_x={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [f_high - value],
+                    "arrayminus": [value - f_low],
+                },
+            )
+        )
     figure = go.Figure(
         [
+            *forecast_points,
             go.Scatter(
                 x=[m["accuracy"]],
                 y=["test"],

@@ -9,7 +9,9 @@ versions, is only read):
   version;
 - study system and user attributes: the study's identity (a UUID), the mark of its test
   split's claim, release or completed record, and a waiting finalize's mark;
-- trial user attributes: per-epoch training loss and validation accuracy, why a trial
+- study user attribute: the validation split's labels (:func:`set_validation_labels`);
+- trial user attributes: per-epoch training loss and validation accuracy, the validation
+  predictions of the trial's last epoch (:func:`set_validation_predictions`), why a trial
   diverged, and the artifact id and SHA-256 of its saved weights.
 
 Every other module reads and writes them through the accessors below. The key strings are
@@ -20,9 +22,11 @@ is version 1, and a study of a newer version is refused (:func:`check_format_ver
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
+import numpy as np
 import optuna
 import sqlalchemy as sa
 
@@ -41,6 +45,8 @@ N_TRIALS_ATTR = "n_trials"
 N_TRAIN_ATTR = "n_train"
 N_VALIDATION_ATTR = "n_validation"
 FORMAT_VERSION_ATTR = "format_version"
+#: The validation split's class indices, in the split's row order (:func:`set_validation_labels`).
+VALIDATION_LABELS_ATTR = "validation_labels"
 # Trial user attributes.
 WEIGHTS_ARTIFACT_ATTR = "weights_artifact_id"
 WEIGHTS_SHA256_ATTR = "weights_sha256"
@@ -48,6 +54,9 @@ WEIGHTS_SHA256_ATTR = "weights_sha256"
 #: ``i``; shorter than ``model.epochs`` for pruned trials.
 TRAINING_LOSS_ATTR = "training_loss"
 VALIDATION_ACCURACY_ATTR = "validation_accuracy"  # validation_curve_attr("accuracy")
+#: The predicted class of each validation row at the trial's last epoch, and the log-probability
+#: of the true class when the study's metric is ``log_loss`` (:func:`set_validation_predictions`).
+VALIDATION_PREDICTIONS_ATTR = "validation_predictions"
 #: Why a trial's training diverged (NaN or infinite loss); the trial is pruned.
 DIVERGED_ATTR = "diverged"
 #: Why a trial failed when tuner knows (the artifact store full or unwritable); the trial is FAIL.
@@ -181,6 +190,43 @@ def record_creation(
     study.set_user_attr(N_VALIDATION_ATTR, int(n_validation))
 
 
+def encode_array(a: np.ndarray) -> dict[str, str]:
+    """A 1-D array as JSON: ``{"dtype": numpy's dtype string with its byte order, "base64": the
+    bytes}``; ``4/3`` characters per byte."""
+    a = np.ascontiguousarray(a)
+    return {"dtype": a.dtype.str, "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def decode_array(encoded: dict[str, str]) -> np.ndarray:
+    """The array :func:`encode_array` encoded."""
+    return np.frombuffer(base64.b64decode(encoded["base64"]), dtype=np.dtype(encoded["dtype"]))
+
+
+def class_dtype(n_classes: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds ``n_classes`` class indices."""
+    return np.dtype(
+        np.uint8 if n_classes <= 256 else np.uint16 if n_classes <= 65536 else np.uint32
+    )
+
+
+def set_validation_labels(study: optuna.Study, y: np.ndarray, n_classes: int) -> None:
+    """Record the validation split's labels ``y`` ``(n_validation,)`` (class indices) and the
+    number of classes, the labels as :func:`class_dtype` integers (in the database ``4/3``
+    bytes per row up to 256 classes). The forecast (:mod:`tuner.forecast`) scores the
+    trials' stored predictions against them without loading the data."""
+    encoded = encode_array(y.astype(class_dtype(n_classes)))
+    study.set_user_attr(VALIDATION_LABELS_ATTR, {**encoded, "n_classes": int(n_classes)})
+
+
+def validation_labels(study) -> tuple[np.ndarray, int] | None:
+    """The (validation labels int64 ``(n_validation,)``, number of classes) that
+    :func:`set_validation_labels` recorded, or None."""
+    stored = study.user_attrs.get(VALIDATION_LABELS_ATTR)
+    if stored is None:
+        return None
+    return decode_array(stored).astype(np.int64), int(stored["n_classes"])
+
+
 def _stored_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any]:
     try:
         return storage.get_study_user_attrs(storage.get_study_id_from_name(name))
@@ -274,6 +320,34 @@ def learning_curves(trial, metric: str = "accuracy") -> tuple[list[float], list[
     if not losses:
         return None
     return losses, trial.user_attrs.get(validation_curve_attr(metric), [])
+
+
+def set_validation_predictions(
+    trial: optuna.Trial, predicted: np.ndarray, n_classes: int, log_p_true: np.ndarray | None
+) -> None:
+    """Record a trial's validation predictions at its last epoch: the predicted class of each
+    row, ``predicted`` ``(n_validation,)``, as :func:`class_dtype` integers, and, if given, the
+    log-probability of each row's true class ``log_p_true`` ``(n_validation,)`` (nats, stored
+    as float32). Stored size: ``4/3`` bytes per validation row for the classes (up to 256
+    classes) and ``16/3`` more for the log-probabilities, plus 45 bytes: 525 bytes for
+    digits' 359 validation rows."""
+    stored = {"predicted": encode_array(predicted.astype(class_dtype(n_classes)))}
+    if log_p_true is not None:
+        stored["log_p_true"] = encode_array(log_p_true.astype(np.float32))
+    trial.set_user_attr(VALIDATION_PREDICTIONS_ATTR, stored)
+
+
+def validation_predictions(trial) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The (predicted classes int64 ``(n_validation,)``, true-class log-probabilities float64
+    ``(n_validation,)`` or None) :func:`set_validation_predictions` recorded, or None."""
+    stored = trial.user_attrs.get(VALIDATION_PREDICTIONS_ATTR)
+    if stored is None:
+        return None
+    log_p = stored.get("log_p_true")
+    return (
+        decode_array(stored["predicted"]).astype(np.int64),
+        None if log_p is None else decode_array(log_p).astype(np.float64),
+    )
 
 
 def set_diverged(trial: optuna.Trial, reason: str) -> None:

@@ -33,6 +33,7 @@ from tuner.data.inspect import describe as describe_data  # noqa: F401  (for the
 from tuner.data.inspect import inspect_data as _inspect_data
 from tuner.errors import SpecError, StudyRefused, TunerError
 from tuner.export import trials_table
+from tuner.forecast import study_forecast
 from tuner.nn import MLP
 from tuner.note import write_study_note
 from tuner.objective import Objective
@@ -184,6 +185,8 @@ def create_or_resume(
                 f"study {name!r} was created with a different spec ({', '.join(changed)} changed); "
                 "resume with the original spec or start a new study with --name"
             )
+    if schema.validation_labels(study) is None:  # new, or created before the labels were kept
+        schema.set_validation_labels(study, data.y_validation, len(data.classes))
     return study
 
 
@@ -403,7 +406,9 @@ def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
     """The object ``tuner study show --json`` prints: ``name``, ``direction``, ``metric``,
     ``n_trials`` (count by state), ``total_trials`` (the study-wide total workers run to, see
     :func:`total_trials`), ``best`` (``number``, ``value``, ``params``) or None,
-    ``final`` (the locked test record) or None, ``sealed``, ``data_fingerprint`` and ``spec``."""
+    ``forecast`` (of the best trial's test score, :func:`tuner.forecast.study_forecast`; once
+    finalized, the one recorded before the test split was opened, None if that record has
+    none), ``final`` (the locked test record) or None, ``sealed``, ``data_fingerprint`` and ``spec``."""
     spec_dict = schema.recorded_spec(study)
     try:
         b = study.best_trial
@@ -422,6 +427,9 @@ def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
             else schema.recorded_total(study)
         ),
         "best": best,
+        "forecast": (
+            record.get("forecast") if record and record["completed"] else study_forecast(study)
+        ),
         "final": record if record and record["completed"] else None,
         "sealed": record is not None,
         "data_fingerprint": schema.data_fingerprint(study),
@@ -732,6 +740,13 @@ class Study:
     def summary(self) -> dict:
         """What ``tuner study show --json`` prints (see :func:`summary`); it changes no trial."""
         return summary(self.optuna_study, self.storage)
+
+    def forecast(self) -> dict | None:
+        """The forecast of the best trial's test score, made without the test split
+        (:func:`tuner.forecast.study_forecast`: ``value``, ``ci95``, ``method``, ``n_trials``,
+        ...); once the study is finalized, the forecast recorded before the test split was
+        opened (None if an earlier tuner finalized it)."""
+        return self.summary()["forecast"]
 
     def trials_dataframe(self, *, intermediate: bool = False):
         """The trials as a pandas DataFrame, as ``tuner study export`` writes them (see

@@ -1,0 +1,178 @@
+"""The forecast of a study's test score, made before the test split is opened.
+
+The best validation score of a study is optimistic: it is the maximum over many trials
+scored on the same noisy validation rows (the winner's curse). The bootstrap bias correction
+of Tsamardinos, Greasidou & Borboudakis (2018), "Bootstrapping the out-of-sample predictions
+for efficient and accurate cross-validation", Machine Learning 107, section 3.2 (BBC-CV),
+removes that optimism without training anything: the validation rows are resampled with
+replacement; on each bootstrap sample the selection is repeated (the best trial by the
+study's metric on the sampled rows), and the selected trial is scored on the rows the sample
+left out. The mean of those out-of-bag scores is the forecast; their 2.5th and 97.5th
+percentiles are its 95% interval (the percentile interval, section 3.2 of the paper).
+
+The input is what every complete trial stores (:func:`tuner.schema.set_validation_predictions`)
+and the study's validation labels (:func:`tuner.schema.set_validation_labels`); no data is
+loaded and no test row is read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tuner import schema
+
+#: Bootstrap samples of the validation rows.
+N_BOOTSTRAP = 1000
+#: What ``forecast["method"]`` says.
+METHOD = "BBC-CV (Tsamardinos et al. 2018), percentile 95% interval"
+
+
+def weighted_metric(
+    metric: str,
+    predicted: np.ndarray,
+    log_p_true: np.ndarray | None,
+    y: np.ndarray,
+    n_classes: int,
+    weights: np.ndarray,
+) -> np.ndarray:
+    """The value of ``metric`` for every (trial, weighting) pair, ``(C, B)`` float64.
+
+    Args:
+        metric: a key of :data:`tuner.spec.METRICS`.
+        predicted: ``(C, N)`` int, the predicted class of each of N rows by each of C trials.
+        log_p_true: ``(C, N)`` float, the log-probability of each row's true class (nats);
+            needed by ``log_loss`` only, else may be None.
+        y: ``(N,)`` int, the true classes.
+        n_classes: the number of classes.
+        weights: ``(B, N)`` non-negative row weights, one weighting per row of it: bootstrap
+            counts, 0/1 out-of-bag indicators, or ones for the plain metric. Each weighting
+            must give some row a positive weight.
+
+    With integer weights the value equals :func:`tuner.metrics.classification_metrics` of the
+    rows repeated by their weights: accuracy, balanced accuracy (mean recall over the classes
+    with positive weight), macro-F1 (over all ``n_classes``, 0 for a class neither true nor
+    predicted) and log loss.
+
+    Raises:
+        ValueError: ``log_loss`` without ``log_p_true``, or an unknown metric.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    total = weights.sum(axis=1)  # (B,)
+    if metric == "accuracy":
+        return (predicted == y).astype(np.float64) @ weights.T / total
+    if metric == "log_loss":
+        if log_p_true is None:
+            raise ValueError("log_loss needs the true-class log-probabilities")
+        return -np.asarray(log_p_true, dtype=np.float64) @ weights.T / total
+    if metric not in ("balanced_accuracy", "macro_f1"):
+        raise ValueError(f"unknown metric {metric!r}")
+    C, B = predicted.shape[0], weights.shape[0]
+    out = np.zeros((C, B))
+    n_present = np.zeros(B)
+    for k in range(n_classes):
+        is_k = y == k
+        true_k = weights[:, is_k].sum(axis=1)  # (B,) weight of the rows of class k
+        hit_k = (predicted[:, is_k] == k).astype(np.float64) @ weights[:, is_k].T  # (C, B) TP
+        if metric == "balanced_accuracy":
+            present = true_k > 0
+            out[:, present] += hit_k[:, present] / true_k[present]
+            n_present += present
+        else:
+            denom = (predicted == k).astype(np.float64) @ weights.T + true_k  # TP+FP + TP+FN
+            out += np.divide(2 * hit_k, denom, out=np.zeros_like(hit_k), where=denom > 0)
+    return out / (n_present if metric == "balanced_accuracy" else n_classes)
+
+
+def bbc_forecast(
+    metric: str,
+    direction: str,
+    predicted: np.ndarray,
+    log_p_true: np.ndarray | None,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    seed: int,
+    n_bootstrap: int = N_BOOTSTRAP,
+) -> dict:
+    """BBC-CV (module docstring) over C trials' predictions of N validation rows.
+
+    Args:
+        metric, predicted, log_p_true, y, n_classes: as :func:`weighted_metric`.
+        direction: ``"maximize"`` or ``"minimize"`` (the study's, for ``log_loss``).
+        seed: seeds the bootstrap samples; the same trials and seed give the same forecast.
+
+    Returns:
+        ``value`` (mean out-of-bag score of the trial selected on each bootstrap sample),
+        ``ci95`` ([2.5th, 97.5th] percentile of those scores), ``method``, ``n_trials`` (C),
+        ``n_validation_rows`` (N) and ``n_bootstrap``. Ties are selected as Optuna's
+        ``best_trial`` selects them: the first of the tied trials, in the order given.
+    """
+    n = y.size
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2018]))
+    counts = np.zeros((n_bootstrap, n))
+    rows = rng.integers(0, n, size=(n_bootstrap, n))
+    np.add.at(counts, (np.arange(n_bootstrap)[:, None], rows), 1.0)
+    out_of_bag = (counts == 0).astype(np.float64)
+    keep = out_of_bag.sum(axis=1) > 0  # a sample that drew every row leaves nothing to score
+    counts, out_of_bag = counts[keep], out_of_bag[keep]
+    in_bag = weighted_metric(metric, predicted, log_p_true, y, n_classes, counts)
+    chosen = in_bag.argmax(axis=0) if direction == "maximize" else in_bag.argmin(axis=0)
+    oob = weighted_metric(metric, predicted, log_p_true, y, n_classes, out_of_bag)
+    scores = oob[chosen, np.arange(chosen.size)]
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return {
+        "value": float(scores.mean()),
+        "ci95": [float(low), float(high)],
+        "method": METHOD,
+        "n_trials": int(predicted.shape[0]),
+        "n_validation_rows": int(n),
+        "n_bootstrap": int(chosen.size),
+    }
+
+
+def study_forecast(study) -> dict:
+    """The forecast of the test score of ``study``'s best trial, by the study's metric, from
+    its complete trials' stored validation predictions (:func:`bbc_forecast`).
+
+    Returns:
+        The forecast, or ``{"value": None, "reason": ...}`` when there is nothing to forecast
+        from: no complete trial, no recorded validation labels, or a complete trial without
+        stored predictions (run by an earlier tuner). The bootstrap is seeded with the
+        spec's ``study.seed``, so the same trials give the same forecast.
+    """
+    labels = schema.validation_labels(study)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not trials:
+        return {"value": None, "reason": "no complete trial yet"}
+    if labels is None:
+        return {"value": None, "reason": "the study has no recorded validation labels"}
+    stored = [schema.validation_predictions(t) for t in trials]
+    missing = sum(s is None for s in stored)
+    if missing:
+        return {
+            "value": None,
+            "reason": f"{missing} of {len(trials)} complete trials have no stored validation "
+            "predictions (run by an earlier tuner)",
+        }
+    y, n_classes = labels
+    metric = schema.study_metric(study)
+    seed = int((schema.recorded_spec(study) or {}).get("study", {}).get("seed", 0))
+    predicted = np.stack([p for p, _ in stored])  # type: ignore[misc]
+    log_p = np.stack([lp for _, lp in stored]) if metric == "log_loss" else None  # type: ignore[misc]
+    return bbc_forecast(
+        metric, study.direction.name.lower(), predicted, log_p, y, n_classes, seed=seed
+    )
+
+
+def describe_forecast(forecast: dict | None) -> str:
+    """One line: ``0.9650 (95% interval 0.9401-0.9861; BBC-CV over 15 complete trials)``, or
+    why there is no forecast."""
+    if forecast is None:
+        return "none (the study was finalized by an earlier tuner)"
+    if forecast["value"] is None:
+        return f"none ({forecast['reason']})"
+    low, high = forecast["ci95"]
+    return (
+        f"{forecast['value']:.4f} (95% interval {low:.4f}-{high:.4f}; BBC-CV over "
+        f"{forecast['n_trials']} complete trials)"
+    )
