@@ -117,18 +117,22 @@ def invoke_tuner(*args: str, cwd: Path, env: dict | None = None) -> types.Simple
     codes as the command does), in ``cwd`` and the environment of :func:`run_tuner`; for the
     many cases of one kind of bad input, where a process each spent its time importing. Gives
     ``returncode``, ``stdout`` and ``stderr`` as :func:`run_tuner` does; an exception that
-    escapes ``main`` is printed as a process would print it, exit code 1."""
+    escapes ``main`` is printed as a process would print it, exit code 1. The storages the
+    command opens are closed after it (:func:`tuner.storage.close_storages`), so that it sees
+    what the test changed in a database since, as a process would."""
     import contextlib
     import io
     import traceback
 
     from tuner.cli import main
+    from tuner.storage import close_storages
 
     out, err, saved_env, saved_cwd = io.StringIO(), io.StringIO(), dict(os.environ), os.getcwd()
     run_env = _tuner_env(env)
     os.environ.clear()
     os.environ.update(run_env)
     code = 0
+    close_storages()  # each command opens its databases afresh, as a process does
     try:
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -140,6 +144,7 @@ def invoke_tuner(*args: str, cwd: Path, env: dict | None = None) -> types.Simple
                 traceback.print_exc()
                 code = 1
     finally:
+        close_storages()
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)

@@ -15,7 +15,15 @@ import numpy as np
 import optuna
 import pytest
 import sqlalchemy as sa
-from conftest import REPO, _tuner_env, popen_tuner, run_tuner, stop_process, write_spec
+from conftest import (
+    REPO,
+    _tuner_env,
+    invoke_tuner,
+    popen_tuner,
+    run_tuner,
+    stop_process,
+    write_spec,
+)
 
 import tuner
 from tuner import schema
@@ -169,7 +177,7 @@ def test_reading_a_study_while_a_worker_runs_it_changes_nothing(tmp_path, storag
 def test_new_studies_record_the_format_version_and_a_newer_one_is_refused(tmp_path):
     spec = write_spec(tmp_path, n_trials=1, epochs=2)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    assert invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     study = optuna.load_study(study_name="tiny", storage=url)
     assert study.user_attrs["format_version"] == schema.FORMAT_VERSION == 1
 
@@ -177,9 +185,9 @@ def test_new_studies_record_the_format_version_and_a_newer_one_is_refused(tmp_pa
     with engine.begin() as conn:  # a study from before format versions were recorded
         conn.execute(sa.text("DELETE FROM study_user_attributes WHERE key = 'format_version'"))
     assert "format_version" not in optuna.load_study(study_name="tiny", storage=url).user_attrs
-    shown = run_tuner("study", "show", "tiny", "--storage", url, "--json", cwd=tmp_path)
+    shown = invoke_tuner("study", "show", "tiny", "--storage", url, "--json", cwd=tmp_path)
     assert shown.returncode == 0 and json.loads(shown.stdout)["n_trials"]["COMPLETE"] == 1
-    resumed = run_tuner(
+    resumed = invoke_tuner(
         "study", "start", str(spec), "--storage", url, "--n-trials", "2", cwd=tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr
@@ -192,7 +200,7 @@ def test_new_studies_record_the_format_version_and_a_newer_one_is_refused(tmp_pa
         ("study", "finalize", "tiny"),
         ("study", "export", "tiny", "--out", str(tmp_path / "t.csv")),
     ):
-        refused = run_tuner(*args, "--storage", url, cwd=tmp_path)
+        refused = invoke_tuner(*args, "--storage", url, cwd=tmp_path)
         assert refused.returncode == 2, (args, refused.stderr)
         assert refused.stderr.strip() == (
             "tuner: error: study 'tiny' was written by tuner storage format 2, newer than this "

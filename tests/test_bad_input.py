@@ -1,5 +1,7 @@
 """Bad input and refused actions: exit code 2, one line on stderr naming the input, no
-traceback, and nothing already recorded lost. Each case runs the real ``tuner`` command."""
+traceback, and nothing already recorded lost. The cases run ``tuner.cli.main`` in this process
+(``invoke_tuner``), as the command does; one of each kind runs the real ``tuner`` command
+(``run_tuner``) and must print the very same line."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import subprocess
 import numpy as np
 import optuna
 import pytest
-from conftest import run_tuner, write_spec
+from conftest import invoke_tuner, run_tuner, write_spec
 
 from tuner.data import load_source
 
@@ -65,7 +67,7 @@ CASES = {
 def test_bad_data_exits_2_with_one_line(tmp_path, case):
     make, message = CASES[case]
     spec = make(tmp_path)
-    result = run_tuner(
+    result = invoke_tuner(
         "study", "start", str(spec), "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path
     )
     assert result.returncode == 2, result.stderr
@@ -89,7 +91,8 @@ def test_bad_options_exit_2_and_create_nothing(tmp_path, args, message):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "notadb.db").write_text("this is not a database" * 100)
     default = ["--storage", f"sqlite:///{tmp_path / 's.db'}"] if "--storage" not in args else []
-    result = run_tuner("study", "start", str(spec), *default, *args, cwd=tmp_path)
+    run = run_tuner if args[0] == "--timeout" else invoke_tuner  # one as a real process
+    result = run("study", "start", str(spec), *default, *args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -111,7 +114,8 @@ def test_bad_options_exit_2_and_create_nothing(tmp_path, args, message):
     ids=lambda c: c[1] if len(c) > 1 else c[0],
 )
 def test_commands_that_read_refuse_a_missing_sqlite_file_and_create_none(tmp_path, command):
-    result = run_tuner(*command, "--storage", "sqlite:///typo.db", cwd=tmp_path)
+    run = run_tuner if command[1:2] == ["show"] else invoke_tuner  # one as a real process
+    result = run(*command, "--storage", "sqlite:///typo.db", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
         "tuner: error: storage 'sqlite:///typo.db': no database file 'typo.db'; "
@@ -123,7 +127,7 @@ def test_commands_that_read_refuse_a_missing_sqlite_file_and_create_none(tmp_pat
 def test_read_only_database_exits_2(tmp_path):
     spec = write_spec(tmp_path, n_trials=1, epochs=1)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    assert invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     # Root writes through permission bits; the immutable attribute stops it too.
     if (
         subprocess.run(["chattr", "+i", str(tmp_path / "s.db")], capture_output=True).returncode
@@ -131,7 +135,7 @@ def test_read_only_database_exits_2(tmp_path):
     ):
         pytest.skip("chattr +i is not available on this filesystem")
     try:
-        result = run_tuner(
+        result = invoke_tuner(
             "study", "start", str(spec), "--storage", url, "--name", "other", cwd=tmp_path
         )
     finally:
@@ -145,9 +149,9 @@ def test_read_only_database_exits_2(tmp_path):
 def test_resume_does_not_replay_the_first_runs_suggestions(tmp_path):
     spec = write_spec(tmp_path, n_trials=3, epochs=2)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    assert invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     assert (
-        run_tuner(
+        invoke_tuner(
             "study", "start", str(spec), "--storage", url, "--n-trials", "6", cwd=tmp_path
         ).returncode
         == 0
@@ -161,14 +165,14 @@ def test_resume_does_not_replay_the_first_runs_suggestions(tmp_path):
 def test_resume_with_a_changed_spec_is_refused_naming_the_keys(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     spec = write_spec(tmp_path, n_trials=2, epochs=2)
-    assert run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    assert invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     text = (
         spec.read_text()
         .replace("epochs = 2", "epochs = 3")
         .replace("high = 64, log = true", "high = 64")
     )
     spec.write_text(text)
-    result = run_tuner(
+    result = invoke_tuner(
         "study", "start", str(spec), "--storage", url, "--n-trials", "4", cwd=tmp_path
     )
     assert result.returncode == 2
@@ -186,7 +190,7 @@ def test_diverging_trials_are_pruned_with_the_reason_and_the_study_completes(tmp
         )
     )
     url = f"sqlite:///{tmp_path / 's.db'}"
-    result = run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
+    result = invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "RuntimeWarning" not in result.stderr
     trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
@@ -207,16 +211,16 @@ def test_diverging_trials_are_pruned_with_the_reason_and_the_study_completes(tmp
 def test_finalize_with_missing_weights_exits_2_and_keeps_the_study_open(tmp_path):
     spec = write_spec(tmp_path, n_trials=2, epochs=2)
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    assert invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     folder = tmp_path / "s.db-artifacts"
     for f in folder.iterdir():
         f.unlink()
-    result = run_tuner("study", "finalize", "tiny", "--storage", url, cwd=tmp_path)
+    result = invoke_tuner("study", "finalize", "tiny", "--storage", url, cwd=tmp_path)
     assert result.returncode == 2 and "are not in the artifact store" in result.stderr
     folder.rmdir()
-    result = run_tuner("study", "finalize", "tiny", "--storage", url, cwd=tmp_path)
+    result = invoke_tuner("study", "finalize", "tiny", "--storage", url, cwd=tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr and not folder.exists()
-    shown = run_tuner("study", "show", "tiny", "--storage", url, cwd=tmp_path)
+    shown = invoke_tuner("study", "show", "tiny", "--storage", url, cwd=tmp_path)
     assert "not finalized" in shown.stdout
 
 
@@ -226,7 +230,7 @@ def test_finalize_from_another_directory_finds_the_studys_artifacts(tmp_path):
     spec = write_spec(tmp_path / "a", n_trials=2, epochs=2)
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert (
-        run_tuner(
+        invoke_tuner(
             "study",
             "start",
             str(spec),
@@ -238,5 +242,5 @@ def test_finalize_from_another_directory_finds_the_studys_artifacts(tmp_path):
         ).returncode
         == 0
     )
-    result = run_tuner("study", "finalize", "tiny", "--storage", url, cwd=tmp_path / "b")
+    result = invoke_tuner("study", "finalize", "tiny", "--storage", url, cwd=tmp_path / "b")
     assert result.returncode == 0, result.stderr

@@ -6,13 +6,13 @@ import json
 
 import optuna
 import pytest
-from conftest import REPO, run_tuner, write_spec
+from conftest import REPO, invoke_tuner, run_tuner, write_spec
 
 from tuner.holdout import get_record
 
 
 def _show(name, url, cwd, artifacts=None):
-    result = run_tuner("study", "show", name, "--storage", url, "--json", cwd=cwd)
+    result = invoke_tuner("study", "show", name, "--storage", url, "--json", cwd=cwd)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -127,13 +127,13 @@ def test_storage_defaults_to_tuner_storage_then_working_directory(tmp_path):
     spec = write_spec(tmp_path, n_trials=2, epochs=2)
     env_url = f"sqlite:///{tmp_path / 'from-env.db'}"
     assert (
-        run_tuner(
+        invoke_tuner(
             "study", "start", str(spec), cwd=tmp_path, env={"TUNER_STORAGE": env_url}
         ).returncode
         == 0
     )
     assert (tmp_path / "from-env.db").exists() and not (tmp_path / "tuner.db").exists()
-    assert run_tuner("study", "start", str(spec), cwd=tmp_path).returncode == 0
+    assert invoke_tuner("study", "start", str(spec), cwd=tmp_path).returncode == 0
     assert (tmp_path / "tuner.db").exists()
     assert _show("tiny", "sqlite:///tuner.db", tmp_path)["n_trials"]["COMPLETE"] >= 1
 
@@ -147,11 +147,11 @@ def test_resume_with_changed_data_is_refused(tmp_path):
     np.savez(tmp_path / "d.npz", X=X, y=y)
     spec = write_spec(tmp_path, n_trials=2, epochs=2, source="npz:d.npz")
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    assert invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
     X[0, 0] += 1.0
     np.savez(tmp_path / "d.npz", X=X, y=y)
     spec = write_spec(tmp_path, n_trials=4, epochs=2, source="npz:d.npz")
-    resumed = run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
+    resumed = invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
     assert resumed.returncode == 2
     assert (
         "was created with data fingerprint" in resumed.stderr and "Traceback" not in resumed.stderr
@@ -183,7 +183,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     optuna.create_study(
         study_name="other", storage=f"sqlite:///{tmp_path / 's.db'}"
     )  # a database without 'nope'
-    result = run_tuner(
+    result = invoke_tuner(
         *args,
         cwd=REPO if "studies/digits.toml" in args else tmp_path,
         env={"TUNER_STORAGE": f"sqlite:///{tmp_path / 's.db'}"},

@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 import pytest
 import sqlalchemy as sa
-from conftest import popen_tuner, run_tuner, stop_process, write_spec
+from conftest import invoke_tuner, popen_tuner, run_tuner, stop_process, write_spec
 
 import tuner
 from tuner.data import load_source
@@ -23,7 +23,7 @@ from tuner.schema import holdout_table
 
 def _start(tmp_path, url, name, spec=None):
     spec = spec or write_spec(tmp_path, n_trials=3, epochs=3)
-    result = run_tuner(
+    result = invoke_tuner(
         "study",
         "start",
         str(spec),
@@ -86,7 +86,7 @@ def test_killed_finalize_is_completed_by_recover_with_the_clean_numbers(
     spec = _start(tmp_path, storage_url, clean)
     _start(tmp_path, storage_url, crashed, spec)
     assert (
-        run_tuner("study", "finalize", clean, "--storage", storage_url, cwd=tmp_path).returncode
+        invoke_tuner("study", "finalize", clean, "--storage", storage_url, cwd=tmp_path).returncode
         == 0
     )
 
@@ -111,9 +111,9 @@ def test_killed_finalize_is_completed_by_recover_with_the_clean_numbers(
     claim = _record(storage_url, crashed)
     assert claim["completed"] is False and claim["pid"] == proc.pid
 
-    again = run_tuner("study", "finalize", crashed, "--storage", storage_url, cwd=tmp_path)
+    again = invoke_tuner("study", "finalize", crashed, "--storage", storage_url, cwd=tmp_path)
     assert again.returncode == 2 and "--recover" in again.stderr
-    sealed = run_tuner(
+    sealed = invoke_tuner(
         "study", "start", str(spec), "--storage", storage_url, "--name", crashed, cwd=tmp_path
     )
     assert sealed.returncode == 2 and "is sealed" in sealed.stderr
@@ -136,7 +136,9 @@ def test_killed_finalize_is_completed_by_recover_with_the_clean_numbers(
         recovered["data_fingerprint"],
     ) == (reference["trial_number"], reference["weights_sha256"], reference["data_fingerprint"])
     shown = json.loads(
-        run_tuner("study", "show", crashed, "--storage", storage_url, "--json", cwd=tmp_path).stdout
+        invoke_tuner(
+            "study", "show", crashed, "--storage", storage_url, "--json", cwd=tmp_path
+        ).stdout
     )
     assert shown["final"]["metrics"] == reference["metrics"] and shown["sealed"] is True
 
@@ -153,7 +155,7 @@ def test_missing_or_changed_weights_or_data_are_refused_by_finalize_and_recover(
     original = weights.read_bytes()
 
     def finalize(*extra):
-        return run_tuner("study", "finalize", "s", "--storage", url, *extra, cwd=tmp_path)
+        return invoke_tuner("study", "finalize", "s", "--storage", url, *extra, cwd=tmp_path)
 
     best = optuna.load_study(study_name="s", storage=url).best_trial
     weights.rename(tmp_path / "moved")  # missing weights: refused, with the way to fix it
@@ -315,7 +317,7 @@ def test_seal_survives_rename_copy_and_delete_and_recreate(
     tmp_path, storage_url, study_name, capsys
 ):
     spec = _start(tmp_path, storage_url, study_name)
-    sealed = run_tuner("study", "finalize", study_name, "--storage", storage_url, cwd=tmp_path)
+    sealed = invoke_tuner("study", "finalize", study_name, "--storage", storage_url, cwd=tmp_path)
     assert sealed.returncode == 0, sealed.stderr
     storage = optuna.storages.RDBStorage(storage_url)
     sql, api, copy, fresh = (f"{study_name}-{s}" for s in ("sql", "api", "copy", "fresh"))
@@ -373,17 +375,17 @@ def test_seal_survives_rename_copy_and_delete_and_recreate(
         ]
         is False
     )
-    again = run_tuner(
+    again = invoke_tuner(
         "study", "finalize", fresh, "--storage", storage_url, "--reuse-test", cwd=tmp_path
     )
     assert again.returncode == 0, again.stderr
     assert "test split evaluated 2 times" in again.stdout
-    shown = run_tuner("study", "show", fresh, "--storage", storage_url, "--json", cwd=tmp_path)
+    shown = invoke_tuner("study", "show", fresh, "--storage", storage_url, "--json", cwd=tmp_path)
     final = json.loads(shown.stdout)["final"]
     assert final["test_evaluations"] == 2 and final["look_number"] == 2
     single, widened = final["metrics"]["accuracy_ci95"], final["accuracy_ci_simultaneous"]
     assert widened[0] < single[0] <= final["metrics"]["accuracy"] <= single[1] < widened[1]
-    text = run_tuner("study", "show", fresh, "--storage", storage_url, cwd=tmp_path).stdout
+    text = invoke_tuner("study", "show", fresh, "--storage", storage_url, cwd=tmp_path).stdout
     assert "test split evaluated 2 times" in text and "Bonferroni" in text
     assert sorted(r for r in _v2_rows(storage_url) if r[0].startswith(study_name)) == [
         (study_name, 1),
@@ -419,7 +421,7 @@ def test_finalize_failing_before_the_test_rows_leaves_the_study_unsealed(
     _start(tmp_path, storage_url, study_name, spec)
 
     def finalize():
-        return run_tuner("study", "finalize", study_name, "--storage", storage_url, cwd=tmp_path)
+        return invoke_tuner("study", "finalize", study_name, "--storage", storage_url, cwd=tmp_path)
 
     (tmp_path / "data").rename(tmp_path / "moved")  # the data folder is gone
     failed = finalize()
@@ -570,23 +572,23 @@ def test_a_database_with_the_old_holdout_table_keeps_its_seals(tmp_path):
 
     for name in ("old", "pending"):
         for command in (["finalize", name], ["start", str(spec), "--name", name]):
-            result = run_tuner("study", *command, "--storage", url, cwd=tmp_path)
+            result = invoke_tuner("study", *command, "--storage", url, cwd=tmp_path)
             assert result.returncode == 2 and "is sealed" in result.stderr, result.stderr
-    shown = run_tuner("study", "show", "old", "--storage", url, "--json", cwd=tmp_path)
+    shown = invoke_tuner("study", "show", "old", "--storage", url, "--json", cwd=tmp_path)
     shown = json.loads(shown.stdout)
     assert shown["sealed"] is True and shown["final"]["metrics"]["accuracy"] == 0.9
 
     _start(tmp_path, url, "new", spec)  # the same data: both old rows are looks at its test rows
-    refused = run_tuner("study", "finalize", "new", "--storage", url, cwd=tmp_path)
+    refused = invoke_tuner("study", "finalize", "new", "--storage", url, cwd=tmp_path)
     assert refused.returncode == 2 and "already evaluated 2 times" in refused.stderr
 
-    recovered = run_tuner(
+    recovered = invoke_tuner(
         "study", "finalize", "pending", "--storage", url, "--recover", cwd=tmp_path
     )
     assert recovered.returncode == 0, recovered.stderr
     assert "test split evaluated 2 times" in recovered.stdout
     assert _record(url, "pending")["completed"] is True
-    again = run_tuner("study", "finalize", "new", "--storage", url, "--reuse-test", cwd=tmp_path)
+    again = invoke_tuner("study", "finalize", "new", "--storage", url, "--reuse-test", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert _record(url, "new")["test_evaluations"] == 3
 

@@ -1,7 +1,9 @@
 """What a fresh user ran into (issue 14): exports that lose digits or trace back, names with
 control characters, data read differently than it reads, refusals after something was
 created, runs that stop or do nothing without saying why, worker output, ``tuner.nn``
-shape errors. Each case asserts the exact line and exit code."""
+shape errors. Each case asserts the exact line and exit code. The commands run
+``tuner.cli.main`` in this process (``invoke_tuner``), except where a real process is the point
+(PyTorch hidden from a fresh interpreter)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import run_tuner, write_spec
+from conftest import invoke_tuner, run_tuner, write_spec
 from optuna.trial import TrialState
 
 import tuner
@@ -34,7 +36,7 @@ def finished_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("finished")
     spec = write_spec(folder, n_trials=3, epochs=2)
     url = f"sqlite:///{folder / 's.db'}"
-    result = run_tuner("study", "start", str(spec), "--storage", url, "--quiet", cwd=folder)
+    result = invoke_tuner("study", "start", str(spec), "--storage", url, "--quiet", cwd=folder)
     assert result.returncode == 0, result.stderr
     return folder, url
 
@@ -50,7 +52,9 @@ def test_export_keeps_every_float_exactly_in_any_case_of_extension(finished_stud
         ("t.Csv", pd.read_csv),
         ("t.PARQUET", pd.read_parquet),
     ):
-        result = run_tuner("study", "export", "tiny", "--storage", url, "--out", name, cwd=folder)
+        result = invoke_tuner(
+            "study", "export", "tiny", "--storage", url, "--out", name, cwd=folder
+        )
         assert result.returncode == 0, result.stderr
         df = read(folder / name)
         assert len(df) == 3
@@ -75,7 +79,7 @@ def test_export_to_a_folder_or_another_extension_exits_2_with_one_line(finished_
             "existing folder",
         ),
     ):
-        result = run_tuner("study", "export", "tiny", "--storage", url, "--out", out, cwd=folder)
+        result = invoke_tuner("study", "export", "tiny", "--storage", url, "--out", out, cwd=folder)
         assert result.returncode == 2
         assert result.stderr == f"tuner: error: {message}\n"
 
@@ -87,13 +91,15 @@ def test_export_to_a_folder_or_another_extension_exits_2_with_one_line(finished_
 def test_study_names_with_control_characters_are_refused_before_anything_is_created(tmp_path, bad):
     spec = write_spec(tmp_path)
     url = f"sqlite:///{tmp_path / 'n.db'}"
-    result = run_tuner("study", "start", str(spec), "--storage", url, "--name", bad, cwd=tmp_path)
+    result = invoke_tuner(
+        "study", "start", str(spec), "--storage", url, "--name", bad, cwd=tmp_path
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("tuner: error: Invalid value for '--name': ")
     assert "must be printable, without newlines, tabs or other control characters" in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
     spec.write_text(spec.read_text().replace('name = "tiny"', f"name = {json.dumps(bad)}"))
-    result = run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
+    result = invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
         f"tuner: error: {spec}: study.name: must be printable, without newlines, tabs or other "
@@ -125,7 +131,7 @@ def test_gp_without_pytorch_is_refused_before_the_database_or_study_exists(tmp_p
 def test_an_artifact_folder_that_is_a_file_is_refused_before_the_database_exists(tmp_path):
     spec = write_spec(tmp_path)
     (tmp_path / "weights").write_text("a file")
-    result = run_tuner("study", "start", str(spec), "--artifact-dir", "weights", cwd=tmp_path)
+    result = invoke_tuner("study", "start", str(spec), "--artifact-dir", "weights", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
         f"tuner: error: artifact folder {str(tmp_path / 'weights')!r} is a file; pass a folder "
@@ -136,7 +142,7 @@ def test_an_artifact_folder_that_is_a_file_is_refused_before_the_database_exists
 
 def test_quiet_with_json_lines_is_refused_before_the_database_exists(tmp_path):
     spec = write_spec(tmp_path)
-    result = run_tuner("study", "start", str(spec), "--quiet", "--json-lines", cwd=tmp_path)
+    result = invoke_tuner("study", "start", str(spec), "--quiet", "--json-lines", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == "tuner: error: --quiet and --json-lines exclude each other; pick one\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
@@ -165,7 +171,7 @@ def _regions(n=60, seed=0):
 
 def test_na_and_null_are_categories_unless_na_values_lists_them(tmp_path):
     spec = _table(tmp_path, _regions())
-    result = run_tuner("data", "inspect", str(spec), "--json", cwd=tmp_path)
+    result = invoke_tuner("data", "inspect", str(spec), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert (info["numeric_features"], info["categorical_features"], info["features"]) == (1, 1, 4)
@@ -173,7 +179,7 @@ def test_na_and_null_are_categories_unless_na_values_lists_them(tmp_path):
     assert not np.isnan(data.X_train).any()
 
     spec = _table(tmp_path, _regions(), 'na_values = ["NA"]\n')
-    result = run_tuner("data", "inspect", str(spec), cwd=tmp_path)
+    result = invoke_tuner("data", "inspect", str(spec), cwd=tmp_path)
     assert result.returncode == 2
     n_na = int((_regions()["region"] == "NA").sum())
     first = int(np.flatnonzero(_regions()["region"] == "NA")[0])
@@ -201,7 +207,7 @@ def test_na_and_null_are_categories_unless_na_values_lists_them(tmp_path):
 )
 def test_bad_na_values_exit_2(tmp_path, extra, message):
     spec = _table(tmp_path, _regions(), extra)
-    result = run_tuner("data", "inspect", str(spec), cwd=tmp_path)
+    result = invoke_tuner("data", "inspect", str(spec), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == f"tuner: error: {spec}: {message}\n"
 
@@ -209,7 +215,7 @@ def test_bad_na_values_exit_2(tmp_path, extra, message):
 def test_na_values_applies_to_tables_only(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('[data]\nsource = "sklearn:iris"\nna_values = ["NA"]\n')
-    result = run_tuner("data", "inspect", str(path), cwd=tmp_path)
+    result = invoke_tuner("data", "inspect", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
         f"tuner: error: {path}: data.na_values: applies to table sources (csv, parquet) only; "
@@ -221,7 +227,7 @@ def test_a_value_beyond_float32_in_a_csv_gives_one_line(tmp_path):
     df = _regions()
     df.loc[7, "age"] = 1e300
     spec = _table(tmp_path, df)
-    result = run_tuner("data", "inspect", str(spec), cwd=tmp_path)
+    result = invoke_tuner("data", "inspect", str(spec), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
         f"tuner: error: data.source 'csv:{tmp_path / 't.csv'}': column 'age' exceeds the float32 "
@@ -233,7 +239,7 @@ def test_an_identifier_column_is_refused_with_the_features_that_leave_it_out(tmp
     df = _regions(n=80)
     df.insert(0, "customer_id", [f"c{i:05d}" for i in range(80)])
     spec = _table(tmp_path, df)
-    result = run_tuner("data", "inspect", str(spec), cwd=tmp_path)
+    result = invoke_tuner("data", "inspect", str(spec), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
         f"tuner: error: data.source 'csv:{tmp_path / 't.csv'}': text column 'customer_id' has 80 "
@@ -242,13 +248,13 @@ def test_an_identifier_column_is_refused_with_the_features_that_leave_it_out(tmp
         '"region"]\n'
     )
     spec = _table(tmp_path, df, 'features = ["age", "region"]\n')
-    assert run_tuner("data", "inspect", str(spec), cwd=tmp_path).returncode == 0
+    assert invoke_tuner("data", "inspect", str(spec), cwd=tmp_path).returncode == 0
 
 
 def test_an_unknown_scheme_is_reported_before_the_target_key(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('[data]\nsource = "foo:bar"\ntarget = "label"\n')
-    result = run_tuner("data", "inspect", str(path), cwd=tmp_path)
+    result = invoke_tuner("data", "inspect", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == (
         f"tuner: error: {path}: data.source 'foo:bar': unknown scheme 'foo'; known: sklearn:..., "
@@ -264,14 +270,16 @@ def test_start_with_a_total_already_reached_says_nothing_will_run(finished_study
     before = _trials(url)
     recorded = optuna.load_study(study_name="tiny", storage=url).user_attrs["n_trials"]
     spec = folder / "tiny.toml"
-    result = run_tuner("study", "start", str(spec), "--storage", url, "--n-trials", "2", cwd=folder)
+    result = invoke_tuner(
+        "study", "start", str(spec), "--storage", url, "--n-trials", "2", cwd=folder
+    )
     assert result.returncode == 0
     assert result.stdout == ""
     assert result.stderr == (
         "tuner: nothing to run: study 'tiny' already has 3 finished trials, at least the total of "
         "2 (--n-trials, else the recorded or spec total); pass --n-trials larger than 3 to run more\n"
     )
-    worker = run_tuner("study", "worker", "tiny", "--storage", url, cwd=folder)
+    worker = invoke_tuner("study", "worker", "tiny", "--storage", url, cwd=folder)
     assert worker.returncode == 0
     assert (
         "nothing to run: study 'tiny' already has 3 finished trials, at least the total of 3"
@@ -353,7 +361,7 @@ name = "random"
 
 def test_a_worker_prints_only_its_own_trials_with_its_id(finished_study):
     folder, url = finished_study
-    result = run_tuner(
+    result = invoke_tuner(
         "study",
         "worker",
         "tiny",
@@ -369,7 +377,7 @@ def test_a_worker_prints_only_its_own_trials_with_its_id(finished_study):
     lines = [line for line in result.stdout.splitlines() if "trial " in line and "  value=" in line]
     assert [line.split()[:3] for line in lines] == [["worker", "7", "trial"]] * 2
     assert [int(line.split()[3]) for line in lines] == [3, 4]
-    json_run = run_tuner(
+    json_run = invoke_tuner(
         "study",
         "worker",
         "tiny",

