@@ -244,3 +244,35 @@ def test_finalize_from_another_directory_finds_the_studys_artifacts(tmp_path):
     )
     result = invoke_tuner("study", "finalize", "tiny", "--storage", url, cwd=tmp_path / "b")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_database_of_an_older_optuna_schema_exits_2_naming_the_upgrade(tmp_path):
+    """Tables at another Optuna's schema revision: one line with both revisions and the
+    upgrade command, not Optuna's RuntimeError; the database is left as it was. A database at
+    this Optuna's revision is opened without alembic (tuner.storage.optuna_schema_revision,
+    read from the migration scripts, is the head alembic computes)."""
+    import sqlite3
+
+    from tuner.storage import optuna_schema_revision
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    head = optuna.storages.RDBStorage(url).get_head_version()
+    assert optuna_schema_revision() == head
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'")
+
+    def contents():
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            tables = conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall()
+            return tables, conn.execute("SELECT * FROM alembic_version").fetchall()
+
+    before = contents()
+    for command in (["study", "list"], ["study", "show", "x"]):
+        result = invoke_tuner(*command, "--storage", url, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            f"tuner: error: storage '{url}': its tables have Optuna schema revision v3.0.0.d, "
+            f"but Optuna {optuna.__version__} uses {head}; back the database up and run "
+            f"`optuna storage upgrade --storage {url}`, or use the Optuna that wrote it\n"
+        )
+    assert contents() == before and before[1] == [("v3.0.0.d",)]
