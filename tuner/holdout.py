@@ -185,33 +185,37 @@ def _legacy_row(engine: sa.Engine, study_name: str):
     )
 
 
-def _seal(storage: optuna.storages.RDBStorage, study_id: int | None, study_name: str):
+def _seal(
+    storage: optuna.storages.RDBStorage,
+    study_id: int | None,
+    study_name: str,
+    attrs: tuple[dict, dict] | None = None,
+):
     """The claim or record that seals the study, or None: its own row (by identity), a row
-    of its name (v2 or legacy), or (for a copy from another storage) the mirror on the study."""
+    of its name (v2 or legacy), or (for a copy from another storage) the mirror on the study.
+    ``attrs``: the study's attributes (:func:`tuner.schema.study_attrs`), else read here."""
     engine = _engine(storage)
-    if study_id is not None:
-        identity = study_uuid(storage, study_id)
-        if identity is not None:
-            row = _select_one(
-                engine, sa.select(holdout_table).where(holdout_table.c.study_uuid == identity)
-            )
-            if row is not None:
-                return _with_looks(engine, _from_row(row))
+    if study_id is not None and attrs is None:
+        attrs = schema.study_attrs(storage, study_id)
+    identity = study_uuid(storage, study_id, attrs) if study_id is not None else None
     # A name once sealed stays sealed: after a rename by copy-and-delete, or a delete, a new
-    # study of that name would otherwise pass for the one whose test result was seen.
-    row = _select_one(
-        engine,
-        sa.select(holdout_table)
-        .where(holdout_table.c.study_name == study_name)
-        .order_by(holdout_table.c.id),
-    )
+    # study of that name would otherwise pass for the one whose test result was seen. Its own
+    # row (by identity) comes first, then the first row of its name: one query for both.
+    of_study = holdout_table.c.study_name == study_name
+    if identity is not None:
+        of_study = of_study | (holdout_table.c.study_uuid == identity)
+    query = sa.select(holdout_table).where(of_study).order_by(holdout_table.c.id)
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+    row = next((r for r in rows if identity is not None and r["study_uuid"] == identity), None)
+    row = row or next((r for r in rows if r["study_name"] == study_name), None)
     if row is not None:
         return _with_looks(engine, _from_row(row))
     row = _legacy_row(engine, study_name)
     if row is not None:
         return _with_looks(engine, _from_row(row, legacy=True))
     if study_id is not None:
-        mark = schema.holdout_mark(storage, study_id)
+        mark = schema.holdout_mark(storage, study_id, attrs)
         if mark is not None:
             return {**mark, "copied": True}
     return None
@@ -528,10 +532,11 @@ def admission(storage: optuna.storages.RDBStorage, study_name: str) -> tuple[str
     reason)`` (the study is sealed, or a ``finalize --wait`` stops new trials) or ``("wait",
     reason)`` (a finalize is checking for running trials: look again shortly). Workers call it
     under the study-wide lock that :func:`finalize` takes to set its mark."""
-    if is_sealed(storage, study_name):
-        return ("stop", "study sealed")
     study_id = _study_id(storage, study_name)
-    mark = storage.get_study_system_attrs(study_id).get(WAITING_ATTR) if study_id else None
+    attrs = schema.study_attrs(storage, study_id) if study_id is not None else None
+    if _seal(storage, study_id, study_name, attrs) is not None:
+        return ("stop", "study sealed")
+    mark = attrs[0].get(WAITING_ATTR) if attrs is not None else None
     if mark and time.time() - mark.get("at", 0) < WAITING_STALE_S:
         return ("stop", "finalize is waiting") if mark.get("wait") else ("wait", "finalize")
     return None

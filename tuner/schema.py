@@ -247,10 +247,21 @@ def recorded_artifact_folder(storage: optuna.storages.BaseStorage, name: str) ->
 # --- The test split's seal: the study's identity and the mark of its claim.
 
 
-def study_uuid(storage: optuna.storages.BaseStorage, study_id: int) -> str | None:
+def study_attrs(storage: optuna.storages.BaseStorage, study_id: int) -> tuple[dict, dict]:
+    """The study's (system, user) attributes, read once for :func:`study_uuid` and
+    :func:`holdout_mark` when a caller needs both (a worker, before every trial)."""
+    return storage.get_study_system_attrs(study_id), storage.get_study_user_attrs(study_id)
+
+
+def study_uuid(
+    storage: optuna.storages.BaseStorage, study_id: int, attrs: tuple[dict, dict] | None = None
+) -> str | None:
     """The study's identity (:data:`STUDY_UUID_ATTR`), or None for a study made before it
     existed. The system attribute wins; the user attribute is what a rename through
-    optuna-dashboard (which copies user attributes only) carries over."""
+    optuna-dashboard (which copies user attributes only) carries over. ``attrs``: the
+    study's attributes as :func:`study_attrs` read them, else they are read here."""
+    if attrs is not None:
+        return attrs[0].get(STUDY_UUID_ATTR) or attrs[1].get(STUDY_UUID_ATTR)
     return system_study_uuid(storage, study_id) or (
         storage.get_study_user_attrs(study_id).get(STUDY_UUID_ATTR)
     )
@@ -271,12 +282,15 @@ def set_study_uuid(
         storage.set_study_system_attr(study_id, STUDY_UUID_ATTR, value)
 
 
-def holdout_mark(storage: optuna.storages.BaseStorage, study_id: int) -> dict | None:
+def holdout_mark(
+    storage: optuna.storages.BaseStorage, study_id: int, attrs: tuple[dict, dict] | None = None
+) -> dict | None:
     """The claim or record mirrored on the study (:data:`RECORD_ATTR`: system attribute, else
     the user attribute that a rename through optuna-dashboard carries over), unless it was
-    released."""
-    for attrs in (storage.get_study_system_attrs, storage.get_study_user_attrs):
-        mark = attrs(study_id).get(RECORD_ATTR)
+    released. ``attrs``: as for :func:`study_uuid`."""
+    system, user = attrs if attrs is not None else study_attrs(storage, study_id)
+    for stored in (system, user):
+        mark = stored.get(RECORD_ATTR)
         if isinstance(mark, str):  # tuner before v2 stored the record as a JSON string
             mark = json.loads(mark)
         if isinstance(mark, dict) and mark.get("status") != "released":
