@@ -18,7 +18,7 @@ from sklearn import metrics as skm
 from tuner.budget import BudgetedStudy, BudgetExhausted
 from tuner.dashboard import READ_ONLY_BANNER, READ_ONLY_REASON, ReadOnly
 from tuner.holdout import simultaneous_interval
-from tuner.metrics import classification_metrics, wilson_interval
+from tuner.metrics import classification_metrics, metric_value, wilson_interval
 from tuner.progress import Progress
 from tuner.storage import get_storage
 from tuner.study import spec_changes
@@ -68,6 +68,8 @@ def test_classification_metrics_match_scikit_learn():
     )
     assert got["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=labels).tolist()
     assert got["accuracy_ci95"] == list(wilson_interval(got["n_correct"], n))
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss"):  # the per-epoch one
+        assert metric_value(metric, logits.astype(np.float32), y, k) == got[metric], metric
 
 
 def test_spec_changes_names_every_changed_key_but_the_resumable_ones():

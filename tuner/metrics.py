@@ -62,5 +62,10 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray, n_classes: int) ->
 
 def metric_value(metric: str, logits: np.ndarray, y: np.ndarray, n_classes: int) -> float:
     """The value of ``metric`` (a key of :data:`tuner.spec.METRICS`) of ``logits`` ``(n, n_classes)``
-    against ``y`` ``(n,)``, as :func:`classification_metrics` computes it."""
+    against ``y`` ``(n,)``, as :func:`classification_metrics` computes it; accuracy and log
+    loss without the confusion matrix (every epoch of every trial computes one)."""
+    if metric == "accuracy":
+        return float(np.mean(logits.argmax(axis=1) == y))
+    if metric == "log_loss":
+        return float(-true_class_log_probability(logits, y).mean())
     return float(classification_metrics(logits, y, n_classes)[metric])
