@@ -115,7 +115,7 @@ class Objective:
         optimizer = build_optimizer(hp, model)
         losses: list[float] = []
         scores: list[float] = []
-        last_logits: list[np.ndarray] = []  # the latest epoch's validation logits
+        last_logits: list[np.ndarray] = []  # [the latest epoch's validation logits]
         metric = self.spec.metric
 
         def on_epoch(epoch: int, train_loss: float) -> None:
@@ -142,12 +142,13 @@ class Objective:
                 )
         except DivergedError as e:
             schema.set_diverged(trial, str(e))
-            self._record_learning(trial, hp, losses, scores, [])  # no predictions of NaN weights
+            self._record_learning(trial, hp, losses, scores, None)  # no predictions of NaN weights
             raise optuna.TrialPruned(str(e)) from None
         except optuna.TrialPruned:
-            self._record_learning(trial, hp, losses, scores, last_logits)
+            latest = last_logits[-1] if last_logits else None
+            self._record_learning(trial, hp, losses, scores, latest)
             raise
-        self._record_learning(trial, hp, losses, scores, last_logits, plots=True)
+        self._record_learning(trial, hp, losses, scores, last_logits[-1], plots=True)
         value = scores[-1]
         if self._is_best_so_far(trial.study, value):
             self._save_weights(trial, model)
@@ -159,12 +160,13 @@ class Objective:
         hp: dict,
         losses: list[float],
         scores: list[float],
-        last_logits: list[np.ndarray],
+        logits: np.ndarray | None,
         *,
         plots: bool = False,
     ) -> None:
         """Per-epoch user attributes, the validation predictions of the last epoch (from its
-        logits, if any; :func:`tuner.schema.set_validation_predictions`, with the true-class
+        validation ``logits`` ``(n_validation, n_classes)``, unless None;
+        :func:`tuner.schema.set_validation_predictions`, with the true-class
         log-probabilities when the metric is ``log_loss``) and, for a complete trial (``plots``,
         unless ``study.trial_plots = false``), the two PNG artifacts.
 
@@ -176,7 +178,7 @@ class Objective:
         # Drawn once per trial, when it finishes: per-epoch drawing would dominate a trial's time.
         schema.set_learning_curves(trial, losses, scores, self.spec.metric)
         d = self.data
-        for logits in last_logits:
+        if logits is not None:
             log_p = (
                 true_class_log_probability(logits, d.y_validation)
                 if self.spec.metric == "log_loss"
