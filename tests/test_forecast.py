@@ -11,6 +11,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 from conftest import invoke_tuner, write_spec
+from sklearn import metrics as skm
 
 import tuner
 from tuner import schema
@@ -30,7 +31,9 @@ def _trials(rng, n_trials: int, n: int, n_classes: int):
 @pytest.mark.parametrize("metric", METRICS)
 def test_weighted_metric_is_the_metric_of_the_rows_repeated_by_their_weights(metric):
     """Ones give classification_metrics; integer weights give it on the rows repeated that
-    many times (a bootstrap sample), with class 3 never true and some classes left out."""
+    many times (a bootstrap sample), with class 3 never true and some classes left out.
+    Macro-F1 averages over the classes true or predicted in those rows, as scikit-learn's
+    default labels do (classification_metrics, over all 5, counts class 3 as 0 instead)."""
     rng = np.random.default_rng(0)
     logits, y = _trials(rng, 3, 40, 5)
     predicted = logits.argmax(axis=2)
@@ -43,8 +46,31 @@ def test_weighted_metric_is_the_metric_of_the_rows_repeated_by_their_weights(met
     for c in range(3):
         for b in range(5):
             rows = np.repeat(np.arange(40), weights[b].astype(int))
-            want = classification_metrics(logits[c][rows], y[rows], 5)[metric]
+            if metric == "macro_f1":
+                want = skm.f1_score(y[rows], predicted[c][rows], average="macro", zero_division=0)
+            else:
+                want = classification_metrics(logits[c][rows], y[rows], 5)[metric]
             assert got[c, b] == pytest.approx(want, rel=1e-12), (c, b)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "balanced_accuracy", "macro_f1"])
+def test_a_perfect_trial_forecasts_1_even_where_samples_leave_a_class_out(metric):
+    """6 validation rows of 3 classes: many bootstrap samples leave all of a class out of
+    bag. A perfect trial still forecasts 1.0 (macro-F1 over all 3 classes gave 0.59)."""
+    y = np.array([0, 0, 1, 1, 2, 2])
+    f = bbc_forecast(metric, "maximize", y[None], None, y, 3, seed=0)
+    assert f["value"] == 1.0 and f["ci95"] == [1.0, 1.0]
+
+
+def test_the_interval_holds_the_forecast_when_nearly_every_sample_scores_the_same():
+    """36 rows, a perfect trial and one with 4 errors: nearly every sample selects the perfect
+    one and scores 1.0, so the 2.5th percentile is 1.0 while the mean is below it; the
+    interval is widened to hold the forecast."""
+    y = np.arange(36) % 3
+    worse = y.copy()
+    worse[:4] = (worse[:4] + 1) % 3
+    f = bbc_forecast("accuracy", "maximize", np.stack([worse, y]), None, y, 3, seed=0)
+    assert f["value"] < 1.0 and f["ci95"] == [f["value"], 1.0]
 
 
 def test_weighted_metric_refuses_log_loss_without_probabilities_and_unknown_metrics():
@@ -148,7 +174,7 @@ def test_each_trial_stores_its_last_epochs_validation_predictions_and_show_forec
     where = "inside" if low <= test <= high else "outside"
     text = invoke_tuner("study", "show", "tiny", "--storage", url, cwd=tmp_path).stdout
     assert (
-        f"forecast made before the test split was opened: {forecast['value']:.4f} (95% interval "
+        f"forecast made without the test split: {forecast['value']:.4f} (95% interval "
         f"{low:.4f}-{high:.4f}; BBC-CV over {n_complete} complete trials); test accuracy "
         f"{test:.4f}, {where} the interval"
     ) in text, text
@@ -177,7 +203,10 @@ def test_a_study_without_stored_predictions_says_why_it_has_no_forecast(tmp_path
     assert deleted == 3
     api = tuner.load_study("tiny", storage=url)  # not the cached trials of this one
     n = len(api.optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-    reason = f"{n} of {n} complete trials have no stored validation predictions (run by an earlier tuner)"
+    reason = (
+        f"{n} of {n} complete trials have no stored validation predictions (trials of an "
+        "earlier tuner, or added by hand)"
+    )
     assert api.forecast() == {"value": None, "reason": reason}
     text = invoke_tuner("study", "show", "tiny", "--storage", url, cwd=tmp_path).stdout
     assert f"forecast of the best trial's test accuracy: none ({reason})" in text, text

@@ -77,7 +77,10 @@ def test_each_metric_end_to_end(tmp_path, metric):
         in page
     )
     shown = invoke_tuner("study", "show", "tiny", "--storage", url, cwd=tmp_path)
-    gap = f"validation {label} {record['validation_value']:.4f}, gap (validation - test) "
+    gap = (
+        f"validation {label} {record['validation_value']:.4f}, test "
+        f"{record['metrics'][metric]:.4f}, gap (validation - test) "
+    )
     assert f"{gap}{record['gap']:+.4f}" in shown.stdout, shown.stdout
     forecast = record["forecast"]  # the study's metric, in its direction
     assert forecast["n_trials"] == len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))

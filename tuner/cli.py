@@ -553,6 +553,7 @@ def finalize(name, storage_url, artifact_dir, recover, wait, reuse_test) -> None
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo(f"study {name!r} finalized and sealed: {holdout.describe(record)}")
+    click.echo(forecast_beside_test(record))
 
 
 @study.command()

@@ -51,10 +51,14 @@ def weighted_metric(
             counts, 0/1 out-of-bag indicators, or ones for the plain metric. Each weighting
             must give some row a positive weight.
 
-    With integer weights the value equals :func:`tuner.metrics.classification_metrics` of the
-    rows repeated by their weights: accuracy, balanced accuracy (mean recall over the classes
-    with positive weight), macro-F1 (over all ``n_classes``, 0 for a class neither true nor
-    predicted) and log loss.
+    With integer weights the value is the metric of the rows repeated by their weights:
+    accuracy and log loss as :func:`tuner.metrics.classification_metrics` gives them; balanced
+    accuracy, the mean recall over the classes with true rows there (as there too); macro-F1,
+    the mean F1 over the classes true or predicted there (scikit-learn's ``f1_score(average=
+    "macro")`` with its default labels). ``classification_metrics`` averages macro-F1 over all
+    ``n_classes`` instead; the two agree when every class is true or predicted, as on a
+    stratified split, but a bootstrap sample of a small split often leaves a class out, which
+    would count as an F1 of 0 (a perfect trial on 6 rows of 3 classes would forecast 0.59).
 
     Raises:
         ValueError: ``log_loss`` without ``log_p_true``, or an unknown metric.
@@ -71,19 +75,20 @@ def weighted_metric(
         raise ValueError(f"unknown metric {metric!r}")
     C, B = predicted.shape[0], weights.shape[0]
     out = np.zeros((C, B))
-    n_present = np.zeros(B)
+    n_present = np.zeros((C, B))  # classes counted in each (trial, weighting)'s mean
     for k in range(n_classes):
         is_k = y == k
         true_k = weights[:, is_k].sum(axis=1)  # (B,) weight of the rows of class k
         hit_k = (predicted[:, is_k] == k).astype(np.float64) @ weights[:, is_k].T  # (C, B) TP
         if metric == "balanced_accuracy":
-            present = true_k > 0
-            out[:, present] += hit_k[:, present] / true_k[present]
-            n_present += present
+            present = np.broadcast_to(true_k > 0, (C, B))
+            out += np.divide(hit_k, true_k, out=np.zeros_like(hit_k), where=present)
         else:
             denom = (predicted == k).astype(np.float64) @ weights.T + true_k  # TP+FP + TP+FN
-            out += np.divide(2 * hit_k, denom, out=np.zeros_like(hit_k), where=denom > 0)
-    return out / (n_present if metric == "balanced_accuracy" else n_classes)
+            present = denom > 0  # true or predicted in these rows
+            out += np.divide(2 * hit_k, denom, out=np.zeros_like(hit_k), where=present)
+        n_present += present
+    return out / n_present
 
 
 def bbc_forecast(
@@ -109,7 +114,7 @@ def bbc_forecast(
 
     Returns:
         ``value`` (mean out-of-bag score of the trial selected on each bootstrap sample),
-        ``ci95`` ([2.5th, 97.5th] percentile of those scores), ``method``, ``n_trials`` (C),
+        ``ci95`` ([2.5th, 97.5th] percentile of those scores, widened to hold ``value``), ``method``, ``n_trials`` (C),
         ``n_validation_rows`` (N) and ``n_bootstrap``. Ties are selected as Optuna's
         ``best_trial`` selects them: the first of the tied trials, in the order given.
     """
@@ -129,10 +134,14 @@ def bbc_forecast(
         oob = weighted_metric(metric, predicted, log_p_true, y, n_classes, out_of_bag)
         chunks.append(oob[chosen, np.arange(chosen.size)])
     scores = np.concatenate(chunks)
+    value = float(scores.mean())
+    # When nearly every sample scores the same (1.0, say), the mean of the rest lies outside
+    # their percentiles: the interval is widened to hold it.
     low, high = np.percentile(scores, [2.5, 97.5])
+    low, high = min(float(low), value), max(float(high), value)
     return {
-        "value": float(scores.mean()),
-        "ci95": [float(low), float(high)],
+        "value": value,
+        "ci95": [low, high],
         "method": METHOD,
         "n_trials": int(predicted.shape[0]),
         "n_validation_rows": int(n),
@@ -147,7 +156,7 @@ def study_forecast(study) -> dict:
     Returns:
         The forecast, or ``{"value": None, "reason": ...}`` when there is nothing to forecast
         from: no complete trial, no recorded validation labels, or a complete trial without
-        stored predictions (run by an earlier tuner). The bootstrap is seeded with the
+        stored predictions (of an earlier tuner, or added by hand). The bootstrap is seeded with the
         spec's ``study.seed``, so the same trials give the same forecast.
     """
     labels = schema.validation_labels(study)
@@ -161,8 +170,8 @@ def study_forecast(study) -> dict:
     if missing:
         return {
             "value": None,
-            "reason": f"{missing} of {len(trials)} complete trials have no stored validation "
-            "predictions (run by an earlier tuner)",
+            "reason": f"{missing} of {len(trials)} complete trials {'has' if missing == 1 else 'have'} "
+            "no stored validation predictions (trials of an earlier tuner, or added by hand)",
         }
     y, n_classes = labels
     metric = schema.study_metric(study)

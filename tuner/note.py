@@ -39,21 +39,22 @@ def other_metrics(record: dict) -> str:
 
 
 def validation_gap(record: dict) -> str:
-    """ "validation accuracy 0.9722, gap (validation - test) +0.0111": the selected trial's
-    validation value of the study's metric and its optimism over the same metric on test."""
+    """ "validation accuracy 0.9722, test 0.9611, gap (validation - test) +0.0111": the
+    selected trial's validation value of the study's metric, the same metric on test and the
+    optimism of the one over the other."""
     metric = record.get("metric", "accuracy")  # records of older versions: accuracy studies
     return (
-        f"validation {metric.replace('_', ' ')} {record['validation_value']:.4f}, "
-        f"gap (validation - test) {record['gap']:+.4f}"
+        f"validation {metric.replace('_', ' ')} {record['validation_value']:.4f}, test "
+        f"{record['metrics'][metric]:.4f}, gap (validation - test) {record['gap']:+.4f}"
     )
 
 
 def forecast_beside_test(record: dict) -> str:
-    """ "forecast made before the test split was opened: 0.9650 (95% interval 0.9401-0.9861;
-    BBC-CV over 15 complete trials); test accuracy 0.9833, inside the interval" of a
-    completed locked ``record``."""
+    """ "forecast made without the test split: 0.9650 (95% interval 0.9401-0.9861; BBC-CV over
+    15 complete trials); test accuracy 0.9833, inside the interval" of a completed locked
+    ``record`` (finalize makes the forecast before it reads a test row)."""
     forecast = record.get("forecast")
-    line = f"forecast made before the test split was opened: {describe_forecast(forecast)}"
+    line = f"forecast made without the test split: {describe_forecast(forecast)}"
     if forecast and forecast["value"] is not None:
         metric = record.get("metric", "accuracy")
         test = record["metrics"][metric]
