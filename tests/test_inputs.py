@@ -422,3 +422,27 @@ def test_nn_refuses_wrong_shapes_and_labels_with_value_errors():
         model.predict(np.ones(4))
     with pytest.raises(ValueError, match="labels must be in"):
         model.loss(X, np.full(10, 7))
+
+
+def test_export_durations_are_timedeltas_total_seconds_exactly():
+    """pandas' total_seconds multiplies microseconds by 1e-6 (1.4586890000000001 for a trial of
+    1,458,689 microseconds); the export divides by 10**6, as datetime.timedelta does."""
+    from datetime import datetime, timedelta
+
+    from tuner.export import trials_table
+
+    study = optuna.create_study()
+    start = datetime(2026, 1, 1)
+
+    def trial(number, state, end, value):
+        return optuna.trial.FrozenTrial(
+            number, state, value, start, end, {}, {}, {}, {}, {}, number
+        )
+
+    for us in (1_458_689, 1, 999_999_999):
+        study.add_trial(trial(0, TrialState.COMPLETE, start + timedelta(microseconds=us), 0.5))
+    study.add_trial(trial(0, TrialState.RUNNING, None, None))
+    table = trials_table(study)
+    want = [t.duration.total_seconds() for t in study.trials[:3]]
+    assert table["duration_s"].tolist()[:3] == want == [1.458689, 1e-06, 999.999999]
+    assert math.isnan(table["duration_s"].iloc[3])

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import optuna
 
 from tuner.errors import TunerError
@@ -35,7 +36,11 @@ def trials_table(study: optuna.Study, *, intermediate: bool = False) -> pd.DataF
         )
     )
     df = df.loc[:, ~df.columns.duplicated()]
-    df["duration_s"] = df.pop("duration").dt.total_seconds()
+    # Microseconds / 10**6, as datetime.timedelta.total_seconds() divides: pandas multiplies
+    # by 1e-6, which gives 1.4586890000000001 for 1,458,689 microseconds.
+    duration = df.pop("duration")
+    microseconds = duration.to_numpy(dtype="timedelta64[us]").astype(np.int64)
+    df["duration_s"] = np.where(duration.isna(), np.nan, microseconds / 1e6)
     df = df.rename(
         columns=lambda c: c.replace("params_", "param_", 1) if c.startswith("params_") else c
     )
