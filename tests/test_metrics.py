@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 from conftest import invoke_tuner, run_tuner, write_spec
@@ -13,7 +14,8 @@ from sklearn import metrics as skm
 import tuner
 from tuner import schema
 from tuner.data import load_holdout_data
-from tuner.report import write_report
+from tuner.forecast import bbc_forecast
+from tuner.report import _validation_accuracy, write_report
 from tuner.spec import load_spec
 
 SKLEARN = {
@@ -68,6 +70,11 @@ def test_each_metric_end_to_end(tmp_path, metric):
     table = api.trials_dataframe().set_index("number")
     assert table["value"].to_dict() == pytest.approx({t.number: t.value for t in study.trials})
 
+    # The report's figure has an accuracy axis: the trial's validation accuracy goes on it, from
+    # its stored predictions, not its value of the study's metric.
+    assert _validation_accuracy(study, record["trial_number"]) == pytest.approx(
+        float(np.mean(p.argmax(axis=1) == data.y_validation)), abs=0
+    )
     write_report(study, api.storage, tmp_path / "r")
     page = (tmp_path / "r" / "report.html").read_text()
     label = metric.replace("_", " ")
@@ -83,8 +90,19 @@ def test_each_metric_end_to_end(tmp_path, metric):
     )
     assert f"{gap}{record['gap']:+.4f}" in shown.stdout, shown.stdout
     forecast = record["forecast"]  # the study's metric, in its direction
-    assert forecast["n_trials"] == len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-    assert forecast["ci95"][0] <= forecast["value"] <= forecast["ci95"][1]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert forecast["n_trials"] == len(complete)
+    stored = [schema.validation_predictions(t) for t in complete]
+    log_p = np.stack([lp for _, lp in stored]) if metric == "log_loss" else None
+    assert forecast == bbc_forecast(
+        metric,
+        study.direction.name.lower(),
+        np.stack([p for p, _ in stored]),
+        log_p,
+        data.y_validation,
+        len(data.classes),
+        seed=api.spec.seed,
+    )
 
 
 def test_a_log_loss_study_through_the_cli(tmp_path):

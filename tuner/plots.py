@@ -149,13 +149,14 @@ def draw_activation_histograms(
 def draw_test_result(
     accuracy: float,
     interval: tuple[float, float],
-    validation_value: float,
+    validation_value: float | None,
     path: Path,
     *,
     trial_number: int,
 ) -> Path:
     """Write a PNG of the locked test accuracy with its interval (e.g. the 95% Wilson
-    interval) beside the validation accuracy of the same trial; accuracies are fractions.
+    interval) beside the validation accuracy of the same trial (if not None); accuracies are
+    fractions.
 
     Returns:
         ``path``.
@@ -164,7 +165,8 @@ def draw_test_result(
     fig = _figure(5.0, 1.5)
     ax = fig.subplots()
     ax.errorbar([accuracy], [1], xerr=[[accuracy - low], [high - accuracy]], fmt="o", capsize=4)
-    ax.plot([validation_value], [0], "D")
+    if validation_value is not None:
+        ax.plot([validation_value], [0], "D")
     ax.set_yticks(
         [0, 1], [f"validation (trial {trial_number})", "test, 95% interval"], fontsize="small"
     )

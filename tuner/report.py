@@ -390,61 +390,72 @@ def _test_section(study: optuna.Study, storage, out: Path) -> Section:
             record["test_evaluations"], record["accuracy_ci_simultaneous"]
         )
     text += "; " + forecast_beside_test(record)
+    is_accuracy = record.get("metric", "accuracy") == "accuracy"
+    validation = (
+        record["validation_value"]
+        if is_accuracy
+        else _validation_accuracy(study, record["trial_number"])
+    )
     forecast = record.get("forecast") or {}
-    forecast_points = []
-    if record.get("metric", "accuracy") == "accuracy" and forecast.get("value") is not None:
-        value, (f_low, f_high) = forecast["value"], forecast["ci95"]
-        forecast_points.append(
-            go.Scatter(
-                x=[value],
-                y=["forecast"],
-                mode="markers",
-                marker={"size": 12, "symbol": "square"},
-                name="forecast before the test split was opened (BBC-CV)",
-                error_x={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [f_high - value],
-                    "arrayminus": [value - f_low],
-                },
+    points = [_point("test", "test accuracy", "circle", m["accuracy"], (low, high))]
+    if validation is not None:  # the x axis is accuracy: the trial's validation accuracy
+        points.append(
+            _point(
+                "validation", f"validation (trial {record['trial_number']})", "diamond", validation
             )
         )
-    figure = go.Figure(
-        [
-            *forecast_points,
-            go.Scatter(
-                x=[m["accuracy"]],
-                y=["test"],
-                mode="markers",
-                marker={"size": 12},
-                name="test accuracy",
-                error_x={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [high - m["accuracy"]],
-                    "arrayminus": [m["accuracy"] - low],
-                },
+    if is_accuracy and forecast.get("value") is not None:
+        points.insert(
+            0,
+            _point(
+                "forecast",
+                "forecast without the test split (BBC-CV)",
+                "square",
+                forecast["value"],
+                forecast["ci95"],
             ),
-            go.Scatter(
-                x=[record["validation_value"]],
-                y=["validation"],
-                mode="markers",
-                marker={"size": 12, "symbol": "diamond"},
-                name=f"validation (trial {record['trial_number']})",
-            ),
-        ]
-    )
+        )
+    figure = go.Figure(points)
     figure.update_layout(
         height=230, xaxis_title="accuracy", title_text="test accuracy with its 95% Wilson interval"
     )
     draw_test_result(
         m["accuracy"],
         (low, high),
-        record["validation_value"],
+        validation,
         out / "test_result.png",
         trial_number=record["trial_number"],
     )
     return Section(title, figure, "test_result.png", note=text)
+
+
+def _point(row: str, name: str, symbol: str, x: float, interval=None):
+    """One marker of the test section's figure at ``x`` on row ``row``, with an asymmetric
+    error bar over ``interval`` (low, high) if given."""
+    import plotly.graph_objects as go
+
+    error = None
+    if interval is not None:
+        low, high = interval
+        error = {"type": "data", "symmetric": False, "array": [high - x], "arrayminus": [x - low]}
+    return go.Scatter(
+        x=[x],
+        y=[row],
+        mode="markers",
+        marker={"size": 12, "symbol": symbol},
+        name=name,
+        error_x=error,
+    )
+
+
+def _validation_accuracy(study: optuna.Study, trial_number: int) -> float | None:
+    """The validation accuracy of trial ``trial_number`` from its stored validation predictions
+    (for a study whose metric is not accuracy), or None if it stored none."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial_number)
+    stored, labels = schema.validation_predictions(trial), schema.validation_labels(study)
+    if stored is None or labels is None:
+        return None
+    return float(np.mean(stored[0] == labels[0]))
 
 
 def _header(study: optuna.Study, storage) -> str:

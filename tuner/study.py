@@ -402,6 +402,13 @@ def _finished_elsewhere(error: Exception) -> bool:
     return isinstance(error, UpdateFinishedTrialError) or str(error).startswith("Cannot tell a ")
 
 
+def recorded_or_new_forecast(study: optuna.Study, record: dict | None) -> dict | None:
+    """The forecast of the best trial's test score: the one the completed locked ``record``
+    holds (None if an earlier tuner finalized it), else made now
+    (:func:`tuner.forecast.study_forecast`)."""
+    return record.get("forecast") if record and record["completed"] else study_forecast(study)
+
+
 def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
     """The object ``tuner study show --json`` prints: ``name``, ``direction``, ``metric``,
     ``n_trials`` (count by state), ``total_trials`` (the study-wide total workers run to, see
@@ -427,9 +434,7 @@ def summary(study: optuna.Study, storage: optuna.storages.RDBStorage) -> dict:
             else schema.recorded_total(study)
         ),
         "best": best,
-        "forecast": (
-            record.get("forecast") if record and record["completed"] else study_forecast(study)
-        ),
+        "forecast": recorded_or_new_forecast(study, record),
         "final": record if record and record["completed"] else None,
         "sealed": record is not None,
         "data_fingerprint": schema.data_fingerprint(study),
@@ -746,7 +751,9 @@ class Study:
         (:func:`tuner.forecast.study_forecast`: ``value``, ``ci95``, ``method``, ``n_trials``,
         ...); once the study is finalized, the forecast recorded before the test split was
         opened (None if an earlier tuner finalized it)."""
-        return self.summary()["forecast"]
+        return recorded_or_new_forecast(
+            self.optuna_study, holdout.get_record(self.storage, self.name)
+        )
 
     def trials_dataframe(self, *, intermediate: bool = False):
         """The trials as a pandas DataFrame, as ``tuner study export`` writes them (see
