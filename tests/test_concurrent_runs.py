@@ -468,3 +468,86 @@ def test_a_signal_raises_only_inside_training_or_at_a_check():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # interrupted at once
             pytest.fail("not interrupted")
+
+
+@pytest.fixture
+def signal_handlers():
+    """Restores this process's SIGINT and SIGTERM handlers, its unraisable hook and the state
+    of :mod:`tuner.interrupt` after a test that calls ``record_signals``."""
+    from tuner import interrupt
+
+    saved = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
+    hook = sys.unraisablehook
+    yield interrupt
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+    sys.unraisablehook = hook
+    interrupt._interrupted = interrupt._raise_now = False
+
+
+class _SignalInFinalizer:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        self.sent = True  # the handler runs here, inside the finalizer
+
+
+def test_a_ctrl_c_swallowed_by_a_finalizer_at_startup_still_stops_the_run(signal_handlers, capsys):
+    interrupt = signal_handlers
+    interrupt.record_signals(raise_at_once=True)  # as `tuner` does first (tuner.__main__)
+    with pytest.raises(KeyboardInterrupt):  # raised where it lands, as Python's own handler
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    interrupt._interrupted = False
+    _SignalInFinalizer()  # the KeyboardInterrupt raised in __del__ is swallowed: not here
+    assert interrupt.received()
+    with interrupt.stop_on_signals(), pytest.raises(KeyboardInterrupt):
+        interrupt.check()  # the run's first check (before its first trial) stops it
+    assert not interrupt.received()
+    assert capsys.readouterr().err == ""  # no "Exception ignored in ..." either
+
+
+def _mapped(pid: int, library: str) -> bool:
+    try:
+        return library in open(f"/proc/{pid}/maps").read()
+    except OSError:
+        return False
+
+
+def test_ctrl_c_while_tuner_imports_gives_one_line_and_changes_nothing(tmp_path):
+    spec = write_spec(tmp_path, n_trials=2, epochs=2)
+    db = tmp_path / "early.db"
+    proc = popen_tuner("study", "start", str(spec), "--storage", f"sqlite:///{db}", cwd=tmp_path)
+    try:
+        _wait_until(lambda: _mapped(proc.pid, "numpy"), 60, "numpy never loaded")
+        proc.send_signal(signal.SIGINT)  # in the middle of importing the CLI
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc, terminate=False)
+    assert (proc.returncode, err) == (
+        130,
+        "tuner: interrupted while starting up; nothing was changed\n",
+    )
+    assert not db.exists()
+
+
+def test_ctrl_c_while_the_workers_start_up_stops_them_before_any_trial(tmp_path):
+    spec = write_spec(tmp_path, n_trials=500, epochs=30)
+    url = f"sqlite:///{tmp_path / 'workers-starting.db'}"
+    proc = popen_tuner(
+        "study", "start", str(spec), "--storage", url, "--workers", "2", "--quiet", cwd=tmp_path
+    )
+    workers = []
+    try:
+        _wait_until(lambda: len(_children(proc.pid)) == 2, 120, "no workers started")
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGINT)  # each worker is still starting its interpreter
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc, terminate=False)
+    assert proc.returncode == 130, err
+    assert err == (
+        "tuner: interrupted: 0 finished trials kept, no trial was running; run the same command "
+        "again to resume\n"
+    )
+    _wait_until(lambda: not any(_alive(p) for p in workers), 5, "a worker survived")
+    assert _trials(url, "tiny") == []

@@ -25,6 +25,8 @@ import sqlalchemy as sa
 from conftest import popen_tuner, run_tuner, stop_process, write_spec, write_tiny_trials_spec
 from optuna.trial import TrialState
 
+from tuner.storage import get_storage
+
 
 def _admin_url() -> str:
     url = os.environ.get("TUNER_TEST_POSTGRES_URL")
@@ -138,8 +140,10 @@ def _retries_of(trials, number):
 def _wait_mid_trial(url, name, procs, *, epochs=2, running=1, timeout=90):
     """Wait until ``running`` trials run with at least ``epochs`` epochs reported each."""
     deadline = time.monotonic() + timeout
+    # One storage for the polls: opening one each time took longer under load than a trial.
+    study = optuna.load_study(study_name=name, storage=get_storage(url))
     while True:
-        trials = _trials(url, name)
+        trials = study.get_trials()
         mid = [
             t
             for t in trials
@@ -153,7 +157,7 @@ def _wait_mid_trial(url, name, procs, *, epochs=2, running=1, timeout=90):
 
 @pytest.mark.parametrize("storage_url", ["postgresql"], indirect=True)
 def test_a_workers_connections_terminated_mid_trial(tmp_path, storage_url, study_name):
-    spec = write_spec(tmp_path, n_trials=2, epochs=20)
+    spec = write_spec(tmp_path, n_trials=2, epochs=60)  # about 1 s a trial here
     hb = ["--heartbeat-interval", "1", "--grace-period", "3"]
     created = run_tuner(
         "study", "create", str(spec), "--storage", storage_url, "--name", study_name, cwd=tmp_path

@@ -50,12 +50,13 @@ def _unraisable(hook):
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """While the block runs, SIGINT and SIGTERM stop trials as described above. Both handlers
-    are set because a process started in the background of a script inherits SIGINT ignored,
-    and Python then never raises KeyboardInterrupt."""
-    global _interrupted
-    _interrupted = False
+    """While the block runs, SIGINT and SIGTERM stop trials as described above; one recorded
+    before the block (:func:`record_signals`) stops them at the first :func:`check`. Both
+    handlers are set because a process started in the background of a script inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt."""
+    global _interrupted, _raise_now
     previous = {s: signal.signal(s, _on_signal) for s in SIGNALS}
+    raise_before, _raise_now = _raise_now, False
     hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     try:
         yield
@@ -63,7 +64,27 @@ def stop_on_signals() -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         sys.unraisablehook = hook
+        _raise_now = raise_before
         _interrupted = False  # a later run in this process starts afresh
+
+
+def record_signals(*, raise_at_once: bool) -> None:
+    """From now on SIGINT and SIGTERM are recorded, so that the next :func:`check` raises
+    :class:`KeyboardInterrupt` (inside :func:`stop_on_signals` too); with ``raise_at_once``
+    they also raise it where they land, as Python's own SIGINT handler does. For a process
+    starting up: a ``tuner`` command (``raise_at_once``: a Ctrl-C that a finalizer swallows
+    while it imports or opens its study still stops its run, at the first check) and a worker
+    of ``start --workers`` (never raised: :func:`tuner.workers.unblock_signals`)."""
+    global _raise_now
+    _raise_now = raise_at_once
+    for s in SIGNALS:
+        signal.signal(s, _on_signal)
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
+
+
+def received() -> bool:
+    """Whether a signal has been recorded (and not yet ended a run)."""
+    return _interrupted
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner import interrupt
 from tuner.errors import TunerError
 
 #: SQLite copes with a few local writers; beyond this, PostgreSQL.
@@ -112,19 +113,12 @@ def run_workers(
     ``poll_interval_s`` seconds.
 
     The workers run in their own session, so a Ctrl-C at the terminal reaches only this
-    process, which passes SIGINT (and SIGTERM) on to each worker once; they finish cleanly.
-    Each worker stops (SIGTERM) when this process dies, even by SIGKILL
+    process, which passes SIGINT (and SIGTERM) on to each worker once; they finish cleanly,
+    even one that is still starting up (:func:`unblock_signals`). Each worker stops (SIGTERM) when this process dies, even by SIGKILL
     (:func:`stop_with_parent`). Returns how each worker ended, in index order.
     """
     env = worker_env(storage_url)
-    procs = [
-        subprocess.Popen(
-            worker_command(name, i, **options),
-            env=env,
-            start_new_session=True,
-        )
-        for i in range(workers)
-    ]
+    procs: list[subprocess.Popen] = []
     forwarded: set[int] = set()
 
     def forward(signum, _frame):
@@ -133,14 +127,28 @@ def run_workers(
                 forwarded.add(p.pid)
                 p.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Each worker starts with both signals blocked (the mask is inherited), so that one sent
+    # while it imports waits until it records signals (unblock_signals); a signal to this
+    # process meanwhile waits too, and is forwarded once every worker exists.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, interrupt.SIGNALS)
+    previous = {s: signal.signal(s, forward) for s in interrupt.SIGNALS}
     try:
+        for i in range(workers):
+            procs.append(
+                subprocess.Popen(
+                    worker_command(name, i, **options), env=env, start_new_session=True
+                )
+            )
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if interrupt.received():  # before these handlers, and swallowed where it landed
+            forward(signal.SIGINT, None)
         while any(p.poll() is None for p in procs):
             if poll is not None:
                 poll()
             time.sleep(poll_interval_s)
         return [WorkerExit(i, p.pid, p.returncode) for i, p in enumerate(procs)]
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -157,13 +165,16 @@ def parent_pid() -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def quiet_exit_on_interrupt() -> None:
-    """In a worker of ``start --workers`` (see :func:`parent_pid`): until it installs its own
-    handlers (:mod:`tuner.interrupt`, when trials run), SIGINT ends it at once with exit code
-    130 and no output, as no trial of it is running yet; its parent prints the one line about
-    the interrupt. Elsewhere it does nothing."""
-    if parent_pid() is not None:
-        signal.signal(signal.SIGINT, lambda _signum, _frame: sys.exit(130))
+def unblock_signals() -> None:
+    """In a worker of ``start --workers`` (see :func:`parent_pid`), which :func:`run_workers`
+    starts with SIGINT and SIGTERM blocked: record them from now on
+    (:func:`tuner.interrupt.record_signals`), then unblock them, so that one sent while the
+    worker started up is recorded now. Nothing is raised where a signal lands (a
+    :class:`SystemExit` raised in a finalizer is swallowed, and the worker would run on); the
+    check before its first trial ends the worker with exit code 130 and no output, and its
+    parent prints the one line about the interrupt."""
+    interrupt.record_signals(raise_at_once=False)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupt.SIGNALS)
 
 
 def stop_with_parent(parent: int) -> None:
