@@ -342,7 +342,7 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path):
 
 
 def test_a_killed_worker_makes_start_exit_1_naming_it(tmp_path):
-    spec = write_spec(tmp_path, n_trials=12, epochs=2)
+    spec = write_spec(tmp_path, n_trials=12, epochs=10)  # the study outlasts the first poll
     url = f"sqlite:///{tmp_path / 'killed.db'}"
     proc = popen_tuner(
         "study",
