@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from tuner import interrupt
-from tuner.storage import start_heartbeats_of_orphans
+from tuner.storage import fail_stale_trials, start_heartbeats_of_orphans
 
 #: States of the trials that use up the budget; WAITING trials are created by retries.
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -137,4 +137,4 @@ class BudgetedStudy(optuna.Study):
             # A worker killed inside ask leaves its trial RUNNING without any heartbeat, which
             # Optuna never counts as stale: give it one, so it is failed after the grace period.
             start_heartbeats_of_orphans(storage, self._study_id)
-            optuna.storages.fail_stale_trials(self)
+            fail_stale_trials(self)

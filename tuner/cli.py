@@ -190,8 +190,7 @@ def start(
     n_trials = study.total_trials(n_trials)
     if mode == "lines":
         click.echo(
-            f"study {study.name!r}: {len(study.data.y_train)} training and "
-            f"{len(study.data.y_validation)} validation rows, {n_trials} trials in total"
+            f"study {study.name!r}: {study.data.describe_rows()}, {n_trials} trials in total"
         )
     if workers == 1:
         _run_and_report(study, mode, n_trials=n_trials, timeout=timeout)
@@ -259,8 +258,8 @@ def create(spec_path, storage_url, artifact_dir, name) -> None:
         )
         return
     click.echo(
-        f"study {study.name!r} created in {mask_url(url)}: {len(study.data.y_train)} training "
-        f"and {len(study.data.y_validation)} validation rows, {study.spec.n_trials} trials to "
+        f"study {study.name!r} created in {mask_url(url)}: {study.data.describe_rows()}, "
+        f"{study.spec.n_trials} trials to "
         f"run, artifacts in {study.artifact_dir}; run them with `tuner study worker {study.name}`"
     )
 
@@ -402,10 +401,7 @@ def worker(
         click.echo(f"tuner: {nothing}", err=True)
         return
     if mode == "lines":
-        click.echo(
-            f"worker joined study {name!r}: {len(study.data.y_train)} training and "
-            f"{len(study.data.y_validation)} validation rows"
-        )
+        click.echo(f"worker joined study {name!r}: {study.data.describe_rows()}")
     who = f"{socket.gethostname()}:{os.getpid()}" if worker_index is None else worker_index
     _run_and_report(
         study,

@@ -71,7 +71,7 @@ from tuner.note import evaluations_note, validation_gap, write_study_note
 from tuner.objective import sha256_file
 from tuner.schema import WAITING_ATTR, holdout_table, legacy_table, metadata, study_uuid
 from tuner.spec import parse_spec_dict
-from tuner.storage import durable_begin, first_line, schema_lock
+from tuner.storage import durable_begin, fail_stale_trials, first_line, schema_lock
 
 #: Seconds after which a waiting finalize's mark counts as left by a dead process.
 WAITING_STALE_S = 60
@@ -579,7 +579,7 @@ def _no_new_trials(
         shown = None
         while True:
             if storage.get_heartbeat_interval() is not None:
-                optuna.storages.fail_stale_trials(study)
+                fail_stale_trials(study)
             running = sorted(
                 t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             )

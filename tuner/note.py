@@ -69,15 +69,13 @@ def study_note(study: optuna.Study, record: dict | None = None) -> str:
     finalized, the locked test ``record`` (from :func:`tuner.holdout.finalize`) with its
     interval and the validation-test gap."""
     spec = schema.recorded_spec(study) or {}
-    n_train, n_validation = schema.split_sizes(study)
     data = spec.get("data", {})
     lines = [
         f"# {study.study_name}",
         "",
         f"- dataset: `{data.get('source')}`, split {data.get('split')} (seed {data.get('seed')}), "
         f"scaling {data.get('scaling')}",
-        f"- rows: {'?' if n_train is None else n_train} training, {'?' if n_validation is None else n_validation} validation; "
-        "the test split is held out for the one locked evaluation",
+        f"- {schema.describe_rows(study)}; the test split is held out for the one locked evaluation",
         f"- data fingerprint (SHA-256): `{schema.data_fingerprint(study)}`",
         "",
     ]

@@ -473,16 +473,11 @@ def _header(study: optuna.Study, storage) -> str:
         )
     except ValueError:
         best = "none (no completed trial)"
-    n_train, n_validation = schema.split_sizes(study)
     rows = [
         ("trials", counts),
         ("best", best),
         ("dataset", str(spec.get("data", {}).get("source"))),
-        (
-            "rows",
-            f"{'?' if n_train is None else n_train} training, "
-            f"{'?' if n_validation is None else n_validation} validation",
-        ),
+        ("rows", schema.describe_rows(study)),
         ("data fingerprint (SHA-256)", str(schema.data_fingerprint(study))),
         ("sealed", "yes" if holdout.is_sealed(storage, study.study_name) else "no"),
     ]

@@ -138,9 +138,21 @@ def artifact_folder(study) -> str | None:
     return study.user_attrs.get(ARTIFACT_DIR_ATTR)
 
 
-def split_sizes(study) -> tuple[int | None, int | None]:
-    """Rows of the training and validation splits recorded at creation (None if absent)."""
-    return study.user_attrs.get(N_TRAIN_ATTR), study.user_attrs.get(N_VALIDATION_ATTR)
+def rows_text(n_train: int | str, n_validation: int | str, folds: int | None) -> str:
+    """``"1078 training, 359 validation rows"``, or with ``folds`` ``"1438 rows in 5 folds"``."""
+    if folds:
+        return f"{n_train} rows in {folds} folds"
+    return f"{n_train} training, {n_validation} validation rows"
+
+
+def describe_rows(study) -> str:
+    """:func:`rows_text` of the rows recorded at creation (``?`` for a count not recorded)."""
+    n_train, n_validation = (
+        study.user_attrs.get(k, "?") for k in (N_TRAIN_ATTR, N_VALIDATION_ATTR)
+    )
+    return rows_text(
+        n_train, n_validation, (recorded_spec(study) or {}).get("data", {}).get("folds")
+    )
 
 
 def recorded_total(study) -> int | None:

@@ -61,6 +61,8 @@ OPTIMIZER_PARAMS = {
     "beta2": ("adam", "adamw"),
 }
 SCALINGS = ("standard", "minmax", "none")
+#: Allowed values of ``data.folds`` (K-fold cross-validation on the non-test rows).
+MIN_FOLDS, MAX_FOLDS = 2, 10
 
 #: Every key's default. ``study.name`` defaults to the spec file's stem and ``data.seed`` to
 #: ``study.seed``.
@@ -81,6 +83,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "missing": "refuse",
         "na_values": [],
         "split": {"train": 0.6, "validation": 0.2, "test": 0.2},
+        "folds": None,
         "scaling": "standard",
         "seed": None,
     },
@@ -453,20 +456,35 @@ def parse_spec_dict(
         )
     if scheme in FILE_SCHEMES and base_dir is not None and argument:
         data["source"] = f"{scheme}:{(Path(base_dir) / Path(argument).expanduser()).resolve()}"
+    folds = data["folds"]
+    if folds is not None:
+        _int(data, "folds", "data", MIN_FOLDS, MAX_FOLDS)
+        if "split" not in raw.get("data", {}):
+            data["split"] = {"test": DEFAULTS["data"]["split"]["test"]}
     split = data["split"]
     if not isinstance(split, dict):
         _fail("data.split", f"must be a table {{train, validation, test}}, got {split!r}")
     _check_keys(split, DEFAULTS["data"]["split"], "data.split")
-    missing = [k for k in DEFAULTS["data"]["split"] if k not in split]
+    if folds is not None:
+        for part in ("train", "validation"):
+            if part in split:
+                _fail(
+                    f"data.split.{part}",
+                    f"is set with data.folds = {folds}; with folds the split gives only the test "
+                    "fraction (the folds are cut from the other rows): split = { test = 0.2 }",
+                )
+    required = ["test"] if folds is not None else list(DEFAULTS["data"]["split"])
+    missing = [k for k in required if k not in split]
     if missing:
         _fail(
             "data.split",
-            f"needs train, validation and test fractions; {', '.join(map(repr, missing))} missing",
+            f"needs {' and '.join(required) if folds is not None else 'train, validation and test'} "
+            f"fraction{'s' if len(required) > 1 else ''}; {', '.join(map(repr, missing))} missing",
         )
     for part, fraction in split.items():
         if not _is_number(fraction) or not 0 < fraction < 1:
             _fail(f"data.split.{part}", f"must be a fraction in (0, 1), got {fraction!r}")
-    if not math.isclose(sum(split.values()), 1.0, abs_tol=1e-9):
+    if folds is None and not math.isclose(sum(split.values()), 1.0, abs_tol=1e-9):
         _fail("data.split", f"fractions must sum to 1, got {round(sum(split.values()), 9)!r}")
     data["split"] = {k: float(v) for k, v in split.items()}
     _choice(data, "scaling", "data", SCALINGS)
@@ -546,6 +564,7 @@ def parse_spec_dict(
             source=data["source"],
             target=data["target"],
             split=data["split"],
+            folds=data["folds"],
             scaling=data["scaling"],
             seed=data["seed"],
             features=data["features"],

@@ -272,6 +272,15 @@ def refused_write(error: BaseException) -> BaseException | None:
     return None
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's ``fail_stale_trials`` (running trials whose heartbeat is older than the grace
+    period are failed, and retried by the storage's callback), without the warning that
+    heartbeats are experimental in Optuna: we rely on them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def start_heartbeats_of_orphans(storage: optuna.storages.RDBStorage, study_id: int) -> int:
     """Record a first heartbeat for every RUNNING trial of the study that has none, and return
     how many there were.

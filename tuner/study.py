@@ -170,20 +170,21 @@ def create_or_resume(
             n_validation=data.y_validation.size,
         )
         write_study_note(study)
-    elif recorded != data.fingerprint:
-        raise StudyRefused(
-            f"study {name!r} was created with data fingerprint {recorded}, but the data and split "
-            f"now give {data.fingerprint}; resume with the original data or start a new study with --name"
-        )
     else:
-        # Parsed again so that keys added to the spec format since (with their defaults) do
-        # not count as changes.
+        # The spec first: a changed key (the folds, the split) is named. Parsed again so that
+        # keys added to the spec format since (with their defaults) do not count as changes.
         recorded_spec = schema.recorded_spec(study) or {}  # a fingerprint comes with a spec
         changed = spec_changes(parse_spec_dict(recorded_spec).resolved, spec.resolved)
         if changed:
             raise StudyRefused(
                 f"study {name!r} was created with a different spec ({', '.join(changed)} changed); "
                 "resume with the original spec or start a new study with --name"
+            )
+        if recorded != data.fingerprint:
+            raise StudyRefused(
+                f"study {name!r} was created with data fingerprint {recorded}, but the data and "
+                f"split now give {data.fingerprint}; resume with the original data or start a new "
+                "study with --name"
             )
     if schema.validation_labels(study) is None:  # new, or created before the labels were kept
         schema.set_validation_labels(study, data.y_validation, len(data.classes))

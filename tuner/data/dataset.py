@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tuner import schema
 from tuner.data.fingerprint import fingerprint, test_fingerprint
 from tuner.data.preprocessing import Preprocessor
 from tuner.data.sources import Dataset, load_source
@@ -20,13 +21,15 @@ from tuner.errors import DataError
 @dataclass(frozen=True)
 class DataSpec:
     """The ``[data]`` table of a spec, validated by :mod:`tuner.spec`: where the rows come
-    from, the label column, the split fractions, preprocessing and the split's seed."""
+    from, the label column, the split fractions (only ``test`` with ``folds``), the number of
+    cross-validation folds (None: one validation split), preprocessing and the split's seed."""
 
     source: str
     target: str | None
     split: dict[str, float]
     scaling: str
     seed: int
+    folds: int | None = None
     features: list[str] | None = None
     categorical: str = "onehot"
     missing: str = "refuse"
@@ -46,10 +49,39 @@ class TrainingData:
     classes: list[str]
     fingerprint: str
     feature_names: list[str] = field(default_factory=list)
+    #: With ``data.folds``: the fold (int8 ``(n,)``, ``0..K-1``) of each row; the training and
+    #: validation arrays are then the same arrays, every non-test row (see :meth:`folds`).
+    fold_of_row: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:
         return self.X_train.shape[1]
+
+    @property
+    def n_folds(self) -> int | None:
+        """K with ``data.folds``, else None."""
+        return None if self.fold_of_row is None else int(self.fold_of_row.max()) + 1
+
+    def folds(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | slice]]:
+        """What each model of a trial trains on and is scored on: ``(X_train, y_train,
+        validation_rows)``, where ``validation_rows`` index the validation arrays. One split:
+        one entry, every validation row (``slice(None)``, no copy). K folds: K entries, the
+        model of fold ``k`` trained on the other folds' rows and scored on fold ``k``'s
+        (int64 indices)."""
+        if self.fold_of_row is None:
+            return [(self.X_train, self.y_train, slice(None))]
+        return [
+            (
+                self.X_train[self.fold_of_row != k],
+                self.y_train[self.fold_of_row != k],
+                np.flatnonzero(self.fold_of_row == k),
+            )
+            for k in range(self.n_folds or 0)
+        ]
+
+    def describe_rows(self) -> str:
+        """``"1078 training, 359 validation rows"``, or ``"1438 rows in 5 folds"``."""
+        return schema.rows_text(self.y_train.size, self.y_validation.size, self.n_folds)
 
 
 @dataclass(frozen=True)
@@ -81,7 +113,12 @@ def _load_and_split(data_spec: DataSpec) -> tuple[Dataset, Split, str]:
     )
     try:
         split = stratified_split(
-            dataset.y, data_spec.split, data_spec.seed, dataset.classes, test_rows=dataset.test_rows
+            dataset.y,
+            data_spec.split,
+            data_spec.seed,
+            dataset.classes,
+            test_rows=dataset.test_rows,
+            folds=data_spec.folds,
         )
     except DataError as e:
         raise DataError(f"data.source {data_spec.source!r}: {e}") from None
@@ -103,7 +140,11 @@ def _fit_preprocessor(data_spec: DataSpec, dataset: Dataset, split: Split) -> Pr
 def load_training_data(data_spec: DataSpec) -> TrainingData:
     """Training and validation splits of ``data_spec`` (a :class:`DataSpec`),
     preprocessed (imputation, one-hot encoding, scaling) as fitted on the training rows.
-    The test rows are dropped before this returns.
+    The test rows are dropped before this returns. With ``data.folds`` the training rows are
+    every non-test row, and the folds share that preprocessing: a fold's validation rows enter
+    the scaling's means and deviations (never their labels), as they do in a scikit-learn
+    pipeline scaled before ``cross_val_score``; the refit that finalize evaluates
+    (:mod:`tuner.objective`) is scaled exactly so.
 
     Memory: the source once (as loaded: float32, or uint8 for IDX pixels) plus the float32
     result; preprocessing works in blocks of rows.
@@ -113,14 +154,21 @@ def load_training_data(data_spec: DataSpec) -> TrainingData:
     """
     dataset, split, fp = _load_and_split(data_spec)
     pre = _fit_preprocessor(data_spec, dataset, split)
+    X_train, y_train = pre.transform(dataset, split.train), dataset.y[split.train]
+    if split.folds is not None:  # every non-test row, once
+        X_validation, y_validation = X_train, y_train
+    else:
+        X_validation = pre.transform(dataset, split.validation)
+        y_validation = dataset.y[split.validation]
     return TrainingData(
-        X_train=pre.transform(dataset, split.train),
-        y_train=dataset.y[split.train],
-        X_validation=pre.transform(dataset, split.validation),
-        y_validation=dataset.y[split.validation],
+        X_train=X_train,
+        y_train=y_train,
+        X_validation=X_validation,
+        y_validation=y_validation,
         classes=dataset.classes,
         fingerprint=fp,
         feature_names=pre.feature_names_,
+        fold_of_row=split.folds,
     )
 
 

@@ -42,6 +42,8 @@ def fingerprint(
     h = hashlib.sha256()
     for name, array in [("X", X), ("y", y), *((s, getattr(split, s)) for s in SPLITS)]:
         _update(h, name, array)
+    if split.folds is not None:  # a single split hashes as before folds existed
+        _update(h, "folds", split.folds)
     if categorical is not None and categorical.shape[1] > 0:
         _update(h, "categorical", categorical)
         h.update(json.dumps([list(c) for c in categories]).encode())

@@ -8,15 +8,16 @@ from __future__ import annotations
 import numpy as np
 
 from tuner.data.dataset import DataSpec, _fit_preprocessor, _load_and_split
-from tuner.data.split import SPLITS, Split
+from tuner.data.split import Split
 from tuner.files import check_output_file, write_error
 
 
 def split_labels(split: Split, n_rows: int) -> np.ndarray:
-    """``(n_rows,)`` object array: ``"train"``, ``"validation"`` or ``"test"`` for each source row."""
+    """``(n_rows,)`` object array: ``"train"``, ``"validation"`` or ``"test"`` (with folds
+    ``"fold 1"`` .. ``"fold K"`` or ``"test"``) for each source row."""
     labels = np.empty(n_rows, dtype=object)
-    for name in SPLITS:
-        labels[getattr(split, name)] = name
+    for name, rows in split.parts().items():
+        labels[rows] = name
     return labels
 
 
@@ -55,8 +56,8 @@ def inspect_data(data_spec: DataSpec, *, split_out: str | None = None) -> dict:
     dataset, split, fp = _load_and_split(data_spec)
     pre = _fit_preprocessor(data_spec, dataset, split)
     splits = {}
-    for name in SPLITS:
-        counts = np.bincount(dataset.y[getattr(split, name)], minlength=len(dataset.classes))
+    for name, rows in split.parts().items():
+        counts = np.bincount(dataset.y[rows], minlength=len(dataset.classes))
         splits[name] = {
             "rows": int(counts.sum()),
             "class_counts": {c: int(n) for c, n in zip(dataset.classes, counts, strict=True)},
@@ -80,7 +81,7 @@ def inspect_data(data_spec: DataSpec, *, split_out: str | None = None) -> dict:
 def describe(info: dict) -> str:
     """The text ``tuner data inspect`` prints for an :func:`inspect_data` result."""
     splits = info["splits"]
-    sizes = ", ".join(f"{name} {splits[name]['rows']}" for name in SPLITS)
+    sizes = ", ".join(f"{name} {part['rows']}" for name, part in splits.items())
     official = " (test: the source's official test split)" if info["official_test_split"] else ""
     features = f"{info['features']}"
     if info["categorical_features"]:
@@ -95,10 +96,9 @@ def describe(info: dict) -> str:
         f"rows         {info['rows']}: {sizes}{official}",
         f"features     {features}",
         f"classes      {len(info['classes'])}",
-        f"  {'class':<{width}}  {'train':>8}  {'validation':>10}  {'test':>8}",
+        f"  {'class':<{width}}" + "".join(f"  {name:>10}" for name in splits),
         *(
-            f"  {c:<{width}}  {splits['train']['class_counts'][c]:>8}  "
-            f"{splits['validation']['class_counts'][c]:>10}  {splits['test']['class_counts'][c]:>8}"
+            f"  {c:<{width}}" + "".join(f"  {p['class_counts'][c]:>10}" for p in splits.values())
             for c in info["classes"]
         ),
         f"fingerprint  {info['fingerprint']}",

@@ -27,7 +27,7 @@ from tuner.nn.optimizers import (
     RMSprop,
     make_optimizer,
 )
-from tuner.nn.training import DivergedError, fit
+from tuner.nn.training import DivergedError, fit, train_epochs
 
 __all__ = [
     "ACTIVATIONS",
@@ -52,6 +52,7 @@ __all__ = [
     "Tanh",
     "activation_statistics",
     "fit",
+    "train_epochs",
     "initialize",
     "make_optimizer",
     "softmax_cross_entropy",

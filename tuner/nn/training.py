@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -66,6 +66,32 @@ def fit(
         DivergedError: a mini-batch loss is not finite (raised at once), or a parameter or
             running statistic is not finite at the end of an epoch.
     """
+    history = []
+    for epoch, loss in enumerate(
+        train_epochs(
+            model, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, seed=seed
+        ),
+        start=1,
+    ):
+        history.append(loss)
+        if on_epoch is not None:
+            on_epoch(epoch, loss)
+    return history
+
+
+def train_epochs(
+    model: MLP,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: Optimizer,
+    seed: int = 0,
+) -> Iterator[float]:
+    """:func:`fit`, one epoch per step: yields each epoch's mean training loss, so that several
+    models can train in lock-step (the K fold models of a cross-validated trial). Arguments
+    and errors as for :func:`fit`; the arrays are checked when the first epoch is asked for."""
     X = np.ascontiguousarray(X, dtype=model.dtype)
     model.check_inputs(X)
     check_labels(y, X.shape[0], model.config["n_outputs"])
@@ -75,12 +101,12 @@ def fit(
     X_batch = np.empty((batch_size, X.shape[1]), model.dtype)
     y_batch = np.empty(batch_size, np.int64)
     n_used = n - 1 if n % batch_size == 1 else n  # a last batch of one sample is dropped
-    history = []
-    # Overflow is expected when training diverges; it is detected and raised as DivergedError.
-    with np.errstate(over="ignore", invalid="ignore"):
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(n)
-            total = 0.0
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(n)
+        total = 0.0
+        # Overflow is expected when training diverges; it is detected and raised as
+        # DivergedError. (Set per epoch: a generator must not hold NumPy's error state.)
+        with np.errstate(over="ignore", invalid="ignore"):
             for b, start in enumerate(range(0, n - 1, batch_size)):
                 idx = order[start : start + batch_size]
                 xb, yb = X_batch[: idx.size], y_batch[: idx.size]
@@ -93,12 +119,9 @@ def fit(
                     raise DivergedError(epoch, f"training loss ({loss}) in mini-batch {b}")
                 optimizer.step(model.param_groups, model.grad_groups)
                 total += loss * idx.size
-            history.append(total / n_used)
-            # A finite loss can hide an overflowed state (BatchNorm renormalizes huge values):
-            # check every parameter and running statistic once per epoch.
+            # A finite loss can hide an overflowed state (BatchNorm renormalizes huge
+            # values): check every parameter and running statistic once per epoch.
             bad = _first_non_finite(model)
-            if bad is not None:
-                raise DivergedError(epoch, bad)
-            if on_epoch is not None:
-                on_epoch(epoch, history[-1])
-    return history
+        if bad is not None:
+            raise DivergedError(epoch, bad)
+        yield total / n_used
