@@ -191,3 +191,25 @@ def test_data_inspect_and_the_note_show_the_folds(tmp_path):
         optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'n.db'}")
     )
     assert "- 1438 rows in 3 folds; the test split is held out" in note
+
+
+def test_a_log_loss_study_with_folds_is_minimized_on_the_mean_of_its_folds(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cv.db'}"
+    spec_path = write_spec(
+        tmp_path, n_trials=3, epochs=3, data_extra=FOLDS, metric="log_loss", pruner='name = "none"'
+    )
+    study = tuner.create_study(spec_path, storage=url)
+    study.optimize()
+    fold = study.data.fold_of_row
+    for t in study.optuna_study.get_trials():
+        _predicted, log_p = schema.validation_predictions(t)
+        per_fold = [-np.mean(log_p[fold == k], dtype=np.float64) for k in range(3)]
+        assert t.value == pytest.approx(np.mean(per_fold), rel=1e-5)  # log_p is float32
+    assert study.optuna_study.direction == optuna.study.StudyDirection.MINIMIZE
+    best = min(t.value for t in study.optuna_study.get_trials())
+    assert study.optuna_study.best_value == best
+    record = study.finalize()
+    assert (
+        record["metrics"]["log_loss"] > 0
+        and record["trial_number"] == study.optuna_study.best_trial.number
+    )

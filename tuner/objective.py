@@ -148,20 +148,20 @@ class Objective:
         ]
         losses: list[float] = []
         scores: list[float] = []
+        # The latest epoch's validation logits (out of fold with folds), once ``scores`` has one.
         logits = np.empty((d.y_validation.size, n_classes), np.float32)
-        scored = False  # whether ``logits`` holds an epoch's predictions
         metric = self.spec.metric
 
         def on_epoch(epoch: int, train_loss: float) -> None:
-            nonlocal scored
-            with interrupt.deferred():  # a signal waits for the database writes
+            # A signal waits for the database writes; overflow in a nearly diverged network's
+            # scores is ignored, as in its training (tuner.nn.fit).
+            with interrupt.deferred(), np.errstate(over="ignore", invalid="ignore"):
                 losses.append(train_loss)
                 fold_scores = []
                 for model, (_X, _y, rows) in zip(models, folds, strict=True):
                     logits[rows] = model.forward(d.X_validation[rows], train=False)
                     y_rows = d.y_validation[rows]
                     fold_scores.append(metric_value(metric, logits[rows], y_rows, n_classes))
-                scored = True
                 scores.append(float(np.mean(fold_scores)))
                 trial.report(scores[-1], epoch)
                 if trial.should_prune():
@@ -181,7 +181,7 @@ class Objective:
             self._record_learning(trial, hp, losses, scores, None)  # no predictions of NaN weights
             raise optuna.TrialPruned(str(e)) from None
         except optuna.TrialPruned:
-            self._record_learning(trial, hp, losses, scores, logits if scored else None)
+            self._record_learning(trial, hp, losses, scores, logits if scores else None)
             raise
         self._record_learning(trial, hp, losses, scores, logits, plots=True)
         if best:
