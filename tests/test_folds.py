@@ -191,6 +191,10 @@ def test_data_inspect_and_the_note_show_the_folds(tmp_path):
         optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'n.db'}")
     )
     assert "- 1438 rows in 3 folds; the test split is held out" in note
+    shown = invoke_tuner(
+        "study", "show", "tiny", "--storage", f"sqlite:///{tmp_path / 'n.db'}", cwd=tmp_path
+    )
+    assert shown.returncode == 0 and "(mean of 3 folds)" in shown.stdout, shown.stdout
 
 
 def test_a_log_loss_study_with_folds_is_minimized_on_the_mean_of_its_folds(tmp_path):

@@ -335,8 +335,10 @@ def _echo_best(study) -> None:
     except ValueError:
         click.echo("no completed trial")
         return
+    folds = study.spec.data.folds
+    mean = f" (mean of {folds} folds)" if folds else ""
     click.echo(
-        f"best trial {best.number}: validation {study.spec.metric} {best.value:.4f}  "
+        f"best trial {best.number}: validation {study.spec.metric} {best.value:.4f}{mean}  "
         f"{format_params(best.params)}"
     )
 
@@ -476,8 +478,11 @@ def show(name, storage_url, as_json) -> None:
     )
     if info["best"]:
         b = info["best"]
+        folds = (info["spec"] or {}).get("data", {}).get("folds")
+        mean = f" (mean of {folds} folds)" if folds else ""
         click.echo(
-            f"best trial {b['number']}: validation {b['value']:.4f}  {format_params(b['params'])}"
+            f"best trial {b['number']}: validation {b['value']:.4f}{mean}  "
+            f"{format_params(b['params'])}"
         )
     record = holdout.get_record(study.storage, name)
     if record is None or not record["completed"]:
