@@ -159,7 +159,10 @@ def test_each_trial_stores_its_last_epochs_validation_predictions_and_show_forec
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     predicted = np.stack([schema.validation_predictions(t)[0] for t in complete])
     seed = api.spec.seed  # the forecast's bootstrap is seeded with the spec's study.seed
-    assert forecast == bbc_forecast("accuracy", "maximize", predicted, None, y, 10, seed=seed)
+    assert forecast["n_test_rows"] == api.data.n_test == 359  # recorded at creation
+    assert forecast == bbc_forecast(
+        "accuracy", "maximize", predicted, None, y, 10, seed=seed, n_test=359
+    )
     assert forecast["value"] < study.best_value  # the winner's curse taken out
     shown = json.loads(
         invoke_tuner("study", "show", "tiny", "--storage", url, "--json", cwd=tmp_path).stdout
@@ -216,3 +219,29 @@ def test_a_study_without_stored_predictions_says_why_it_has_no_forecast(tmp_path
     assert f"forecast of the best trial's test accuracy: none ({reason})" in text, text
     record = api.finalize()
     assert record["forecast"]["value"] is None and 0 <= record["metrics"]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("n_validation", [100, 1000])
+def test_with_the_test_size_the_interval_covers_the_test_score_95_percent_of_the_time(
+    n_validation,
+):
+    """One trial of true accuracy 0.9, 100 test rows, 300 simulated studies: the prediction
+    interval (n_test given) covers the simulated test accuracy about 95% of the time, with 100
+    validation rows as with 1,000 (as with data.folds). The interval of the true score alone
+    is narrow on 1,000 rows and misses the test rows' own noise most of the time."""
+    rng = np.random.default_rng(7)
+    y = np.zeros(n_validation, dtype=np.int64)
+    covered = {"prediction": 0, "true score": 0}
+    for sim in range(300):
+        predicted = np.where(rng.random(n_validation) < 0.9, 0, 1)[None, :]
+        test = rng.binomial(100, 0.9) / 100
+        for kind, n_test in (("prediction", 100), ("true score", None)):
+            f = bbc_forecast("accuracy", "maximize", predicted, None, y, 2, seed=sim, n_test=n_test)
+            low, high = f["ci95"]
+            covered[kind] += low <= test <= high
+            assert f["n_test_rows"] == n_test
+    rates = {k: v / 300 for k, v in covered.items()}
+    print(f"figures: {n_validation} validation rows, coverage {rates}")
+    assert 0.90 <= rates["prediction"] <= 0.98, rates
+    if n_validation == 1000:
+        assert rates["true score"] < 0.7, rates

@@ -102,6 +102,7 @@ def test_each_metric_end_to_end(tmp_path, metric):
         data.y_validation,
         len(data.classes),
         seed=api.spec.seed,
+        n_test=data.n_test,
     )
 
 

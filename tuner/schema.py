@@ -44,6 +44,8 @@ ARTIFACT_DIR_ATTR = "artifact_dir"
 N_TRIALS_ATTR = "n_trials"
 N_TRAIN_ATTR = "n_train"
 N_VALIDATION_ATTR = "n_validation"
+#: The number of test rows (a count only, for the forecast's prediction interval).
+N_TEST_ATTR = "test_split_rows"
 FORMAT_VERSION_ATTR = "format_version"
 #: The validation split's class indices, in the split's row order (:func:`set_validation_labels`).
 VALIDATION_LABELS_ATTR = "validation_labels"
@@ -200,6 +202,17 @@ def record_creation(
     study.set_user_attr(ARTIFACT_DIR_ATTR, artifact_dir)
     study.set_user_attr(N_TRAIN_ATTR, int(n_train))
     study.set_user_attr(N_VALIDATION_ATTR, int(n_validation))
+
+
+def set_test_size(study: optuna.Study, n_test: int) -> None:
+    """Record the number of test rows (set at creation, and on resume for studies created
+    before it was kept)."""
+    study.set_user_attr(N_TEST_ATTR, int(n_test))
+
+
+def test_size(study) -> int | None:
+    """The number of test rows recorded for the study, or None."""
+    return study.user_attrs.get(N_TEST_ATTR)
 
 
 def encode_array(a: np.ndarray) -> dict[str, str]:

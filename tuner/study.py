@@ -188,6 +188,8 @@ def create_or_resume(
             )
     if schema.validation_labels(study) is None:  # new, or created before the labels were kept
         schema.set_validation_labels(study, data.y_validation, len(data.classes))
+    if schema.test_size(study) is None:  # new, or created before the count was kept
+        schema.set_test_size(study, data.n_test)
     return study
 
 

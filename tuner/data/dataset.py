@@ -49,6 +49,8 @@ class TrainingData:
     classes: list[str]
     fingerprint: str
     feature_names: list[str] = field(default_factory=list)
+    #: The number of test rows (a count: no test row is here).
+    n_test: int = 0
     #: With ``data.folds``: the fold (int8 ``(n,)``, ``0..K-1``) of each row; the training and
     #: validation arrays are then the same arrays, every non-test row (see :meth:`folds`).
     fold_of_row: np.ndarray | None = None
@@ -168,6 +170,7 @@ def load_training_data(data_spec: DataSpec) -> TrainingData:
         classes=dataset.classes,
         fingerprint=fp,
         feature_names=pre.feature_names_,
+        n_test=int(split.test.size),
         fold_of_row=split.folds,
     )
 
