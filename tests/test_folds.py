@@ -130,6 +130,7 @@ def _csv_with_a_class_of(tmp_path, rows: int) -> str:
             "folds = 5\nsplit = { validation = 0.2, test = 0.2 }",
             "data.split.validation: is set with data.folds = 5",
         ),
+        ("folds = 5\nsplit = {}", "data.split: needs a test fraction; 'test' missing"),
         ("folds = 1", "data.folds: must be an integer in [2, 10], got 1"),
         ("folds = 11", "data.folds: must be an integer in [2, 10], got 11"),
         ('folds = "5"', "data.folds: must be an integer in [2, 10], got '5'"),

@@ -473,14 +473,11 @@ def parse_spec_dict(
                     f"is set with data.folds = {folds}; with folds the split gives only the test "
                     "fraction (the folds are cut from the other rows): split = { test = 0.2 }",
                 )
-    required = ["test"] if folds is not None else list(DEFAULTS["data"]["split"])
+    required = ("test",) if folds is not None else ("train", "validation", "test")
     missing = [k for k in required if k not in split]
     if missing:
-        _fail(
-            "data.split",
-            f"needs {' and '.join(required) if folds is not None else 'train, validation and test'} "
-            f"fraction{'s' if len(required) > 1 else ''}; {', '.join(map(repr, missing))} missing",
-        )
+        needs = "a test fraction" if folds is not None else "train, validation and test fractions"
+        _fail("data.split", f"needs {needs}; {', '.join(map(repr, missing))} missing")
     for part, fraction in split.items():
         if not _is_number(fraction) or not 0 < fraction < 1:
             _fail(f"data.split.{part}", f"must be a fraction in (0, 1), got {fraction!r}")
