@@ -245,3 +245,16 @@ def test_with_the_test_size_the_interval_covers_the_test_score_95_percent_of_the
     assert 0.90 <= rates["prediction"] <= 0.98, rates
     if n_validation == 1000:
         assert rates["true score"] < 0.7, rates
+
+
+def test_a_trial_right_on_every_validation_row_still_allows_test_errors():
+    """Wine-sized: 36 validation rows all right. Without the test size the interval is
+    [1, 1]; with 36 test rows it reaches 2 errors (Jeffreys' half row each way), and its
+    bounds are attainable test accuracies (multiples of 1/36)."""
+    y = np.repeat(np.arange(3), 12)
+    alone = bbc_forecast("accuracy", "maximize", y[None], None, y, 3, seed=0)
+    assert alone["value"] == 1.0 and alone["ci95"] == [1.0, 1.0]
+    f = bbc_forecast("accuracy", "maximize", y[None], None, y, 3, seed=0, n_test=36)
+    low, high = f["ci95"]
+    assert f["value"] == 1.0 and high == 1.0 and low <= 34 / 36
+    assert low * 36 == pytest.approx(round(low * 36), abs=1e-9)
