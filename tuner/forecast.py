@@ -31,6 +31,10 @@ interval is the 2.5th to 97.5th percentile of those draws (for accuracy, test ac
 themselves: multiples of 1 / n_test); the forecast stays the mean of the s_b. Checked by
 simulation (tests/test_forecast.py): one trial of accuracy 0.9 on 100 or 1,000 validation
 rows and 100 test rows is covered in about 95% of simulated studies.
+
+The input is what every complete trial stores (:func:`tuner.schema.set_validation_predictions`)
+and the study's validation labels (:func:`tuner.schema.set_validation_labels`); no data is
+loaded and no test row is read.
 """
 
 from __future__ import annotations
@@ -136,8 +140,8 @@ def bbc_forecast(
 
     Returns:
         ``value`` (mean out-of-bag score of the trial selected on each bootstrap sample),
-        ``ci95`` ([2.5th, 97.5th] percentile of those scores, or of the scores on ``n_test``
-        rows drawn from the out-of-bag rows; widened to hold ``value``), ``method``,
+        ``ci95`` ([2.5th, 97.5th] percentile of those scores, or with ``n_test`` of the
+        prediction interval's draws; widened to hold ``value``), ``method``,
         ``n_trials`` (C), ``n_validation_rows`` (N), ``n_test_rows`` (``n_test``) and
         ``n_bootstrap``. Ties are selected as Optuna's ``best_trial`` selects them: the first
         of the tied trials, in the order given.
@@ -173,8 +177,8 @@ def bbc_forecast(
         if metric == "accuracy":
             q = np.clip((q * n + 0.5) / (n + 1), 0.0, 1.0)
             draws = test_rng.binomial(n_test, q) / n_test
-        else:
-            draws = q + np.concatenate(noise)
+        else:  # within the metric's range: [0, 1], or [0, inf) for log loss
+            draws = np.clip(q + np.concatenate(noise), 0.0, None if metric == "log_loss" else 1.0)
     # When nearly every sample scores the same (1.0, say), the mean of the rest lies outside
     # their percentiles: the interval is widened to hold it.
     # Bounds are draws themselves (for accuracy, attainable test accuracies).

@@ -114,8 +114,9 @@ def run_workers(
 
     The workers run in their own session, so a Ctrl-C at the terminal reaches only this
     process, which passes SIGINT (and SIGTERM) on to each worker once; they finish cleanly,
-    even one that is still starting up (:func:`unblock_signals`). Each worker stops (SIGTERM) when this process dies, even by SIGKILL
-    (:func:`stop_with_parent`). Returns how each worker ended, in index order.
+    even one that is still starting up (:func:`unblock_signals`). Each worker stops (SIGTERM)
+    when this process dies, even by SIGKILL (:func:`stop_with_parent`). Returns how each
+    worker ended, in index order.
     """
     env = worker_env(storage_url)
     procs: list[subprocess.Popen] = []
