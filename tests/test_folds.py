@@ -131,6 +131,11 @@ def _csv_with_a_class_of(tmp_path, rows: int) -> str:
             "data.split.validation: is set with data.folds = 5",
         ),
         ("folds = 5\nsplit = {}", "data.split: needs a test fraction; 'test' missing"),
+        (
+            "folds = 5\nsplit = { test = 0.997 }",
+            "class '0' has 1 row outside the test split, fewer than the folds (each fold "
+            "needs a row of every class); lower data.split.test, add rows or drop the class",
+        ),
         ("folds = 1", "data.folds: must be an integer in [2, 10], got 1"),
         ("folds = 11", "data.folds: must be an integer in [2, 10], got 11"),
         ('folds = "5"', "data.folds: must be an integer in [2, 10], got '5'"),

@@ -108,11 +108,17 @@ def stratified_split(
                 f"class {name!r} has {rows.size} rows{where}, too few for the split {fractions}; "
                 "every split needs at least one row of each class: add rows or drop the class"
             )
-        if folds and rows.size - n_test < folds:
+        left = rows.size - n_test
+        if folds and left < folds:
+            fix = (
+                f"use at most {left} folds, or add rows or drop the class"
+                if left >= 2
+                else "lower data.split.test, add rows or drop the class"
+            )
             raise DataError(
-                f"data.folds = {folds}: class {name!r} has {rows.size - n_test} rows outside "
-                "the test split, fewer than the folds (each fold needs a row of every class); "
-                f"use at most {rows.size - n_test} folds, or add rows or drop the class"
+                f"data.folds = {folds}: class {name!r} has {left} row{'s' if left != 1 else ''} "
+                "outside the test split, fewer than the folds (each fold needs a row of every "
+                f"class); {fix}"
             )
         parts["validation"].append(rows[:n_val])
         parts["test"].append(rows[n_val : n_val + n_test])
