@@ -5,8 +5,9 @@ setting runs the study fastest. Prints JSON, one object per line.
 median pruning) in this process on a fresh SQLite file with one BLAS thread (as ``start``),
 timing every trial from the end of the one before (so ask, sampling, storage writes and tell
 are counted) and, inside it:
-``training`` (fit() without its per-epoch callback: the mini-batch steps), ``validation``
-(scoring the validation split each epoch), ``report`` (trial.report: a storage write per
+``training`` (the mini-batch steps of every epoch, in ``tuner.nn.train_epochs``, and the
+refit of a cross-validated trial), ``validation`` (scoring the validation split each epoch:
+the forward pass and the metric), ``report`` (trial.report: a storage write per
 epoch), ``should_prune`` (the pruner, which reads the study's trials), ``sampling``
 (suggest), ``init_statistics`` (the activation histograms' data), ``plots`` (drawing the two
 PNGs), ``uploads`` (artifact uploads of PNGs and weights), ``weights`` (saving the model, its
@@ -53,7 +54,6 @@ def overhead(folder: Path) -> None:
 
     import tuner
     import tuner.objective as objective
-    import tuner.plots as plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parts: dict[str, float] = {}
@@ -68,29 +68,50 @@ def overhead(folder: Path) -> None:
 
         return wrapper
 
-    fit = objective.fit
+    train_epochs = objective.train_epochs
 
-    def timed_fit(*args, on_epoch=None, **kwargs):
-        def epoch(*a):
+    def timed_train_epochs(*args, **kwargs):
+        # The mini-batch steps of each epoch, in each model's generator (K with data.folds).
+        epochs = train_epochs(*args, **kwargs)
+        while True:
             t0 = time.perf_counter()
             try:
-                return on_epoch(*a)
+                loss = next(epochs)
+            except StopIteration:
+                return
             finally:
-                parts["_callback"] = parts.get("_callback", 0.0) + time.perf_counter() - t0
+                parts["_training"] = parts.get("_training", 0.0) + time.perf_counter() - t0
+            yield loss
 
+    fit = objective.fit
+
+    def timed_fit(*args, **kwargs):  # the refit of a best-so-far cross-validated trial
         t0 = time.perf_counter()
         try:
-            return fit(*args, on_epoch=epoch if on_epoch else None, **kwargs)
+            return fit(*args, **kwargs)
         finally:
-            parts["_fit"] = parts.get("_fit", 0.0) + time.perf_counter() - t0
+            parts["_training"] = parts.get("_training", 0.0) + time.perf_counter() - t0
 
+    forward = objective.MLP.forward
+
+    def timed_forward(self, X, *, train):
+        if train:
+            return forward(self, X, train=train)
+        t0 = time.perf_counter()  # scoring the validation split
+        try:
+            return forward(self, X, train=train)
+        finally:
+            parts["validation"] = parts.get("validation", 0.0) + time.perf_counter() - t0
+
+    objective.train_epochs = timed_train_epochs
     objective.fit = timed_fit
+    objective.MLP.forward = timed_forward
     objective.metric_value = timed("validation", objective.metric_value)
     objective.suggest = timed("sampling", objective.suggest)
     objective.activation_statistics = timed("init_statistics", objective.activation_statistics)
     objective.upload_artifact = timed("uploads", objective.upload_artifact)
     for name in ("draw_learning_curves", "draw_activation_histograms"):
-        setattr(plots, name, timed("plots", getattr(plots, name)))
+        setattr(objective, name, timed("plots", getattr(objective, name)))
     objective.Objective._save_weights = timed("weights", objective.Objective._save_weights)
     trial_report = optuna.Trial.report
     optuna.Trial.report = timed("report", trial_report)
@@ -110,8 +131,7 @@ def overhead(folder: Path) -> None:
         seconds, last[0] = now - last[0], now
         p = dict(parts)
         parts.clear()
-        training = p.pop("_fit", 0.0) - p.get("_callback", 0.0)
-        p.pop("_callback", None)
+        training = p.pop("_training", 0.0)
         row = {
             "trial": trial.number,
             "state": trial.state.name,

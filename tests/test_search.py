@@ -204,6 +204,40 @@ def test_every_pruner_runs_a_study(tmp_path, pruner):
         assert counts[TrialState.PRUNED] == 0
 
 
+@pytest.mark.parametrize("pruner", ["median", "percentile"])
+def test_the_pruner_is_asked_from_its_warm_up_on_and_prunes_alike(tmp_path, monkeypatch, pruner):
+    """Optuna's median and percentile pruners never prune before ``n_warmup_steps`` but read
+    the study's trials from storage on every call: the objective asks them from the warm-up
+    step on. The same seeded study, asked every epoch, prunes the same trials at the same
+    epochs."""
+    text = (
+        SMALL.format(n=10).replace("epochs = 3", "epochs = 6")
+        + f'[pruner]\nname = "{pruner}"\nn_startup_trials = 2\nn_warmup_steps = 3\n'
+    )
+    asked = []
+    should_prune = optuna.Trial.should_prune
+
+    def counted(trial):
+        asked.append(trial.number)
+        return should_prune(trial)
+
+    monkeypatch.setattr(optuna.Trial, "should_prune", counted)
+    from_warm_up = _run_in_process(tmp_path, text, name="warm_up").get_trials()
+    # Epochs 3 to k of a trial that reported k epochs: k - 2 calls.
+    assert len(asked) == sum(max(len(t.intermediate_values) - 2, 0) for t in from_warm_up)
+    asked.clear()
+    monkeypatch.setattr(tuner.study, "first_pruning_epoch", lambda spec: 1)
+    every_epoch = _run_in_process(tmp_path, text, name="every_epoch").get_trials()
+    assert len(asked) == sum(len(t.intermediate_values) for t in every_epoch)
+
+    def record(trials):
+        return [(t.state, t.params, t.intermediate_values) for t in trials]
+
+    assert record(from_warm_up) == record(every_epoch)
+    pruned_at = [len(t.intermediate_values) for t in from_warm_up if t.state == TrialState.PRUNED]
+    assert pruned_at and min(pruned_at) == 3, pruned_at  # pruned, first at the warm-up step
+
+
 def test_trial_pngs_are_drawn_for_complete_trials_only(tmp_path):
     """A pruned trial cannot be the best: it keeps its per-epoch attributes but gets no PNGs,
     whose drawing took a third of the default study's time."""

@@ -122,8 +122,18 @@ class Objective:
     a refit on every non-test row (:meth:`_refit`), fixed before the test split can be opened.
     """
 
-    def __init__(self, spec: StudySpec, data: TrainingData, artifact_store, *, seed: int) -> None:
+    def __init__(
+        self,
+        spec: StudySpec,
+        data: TrainingData,
+        artifact_store,
+        *,
+        seed: int,
+        first_pruning_epoch: int = 1,
+    ) -> None:
         self.spec, self.data, self.artifact_store, self.seed = spec, data, artifact_store, seed
+        #: The pruner is asked from this epoch on (:func:`tuner.samplers.first_pruning_epoch`).
+        self.first_pruning_epoch = first_pruning_epoch
 
     def __call__(self, trial: optuna.Trial) -> float:
         hp = suggest(trial, self.spec.search)
@@ -164,7 +174,7 @@ class Objective:
                     fold_scores.append(metric_value(metric, logits[rows], y_rows, n_classes))
                 scores.append(float(np.mean(fold_scores)))
                 trial.report(scores[-1], epoch)
-                if trial.should_prune():
+                if epoch >= self.first_pruning_epoch and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:

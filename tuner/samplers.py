@@ -101,6 +101,20 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return cls(**options)
 
 
+def first_pruning_epoch(spec: StudySpec) -> int:
+    """The first epoch (intermediate step, from 1) at which the spec's pruner can prune.
+
+    Optuna's median and percentile pruners never prune at a step below ``n_warmup_steps``,
+    but each call reads the study's trials from storage before it looks at the step (about
+    4 ms on SQLite, a quarter of a digits epoch; benchmarks/bench_study.py), so the
+    objective asks them from this epoch on. The other pruners look at the step first, and
+    are asked every epoch (1).
+    """
+    if spec.pruner["name"] in ("median", "percentile"):
+        return max(int(spec.pruner["n_warmup_steps"]), 1)
+    return 1
+
+
 def trial_random_states(sampler: BaseSampler) -> list[LazyRandomState]:
     """The random states of ``sampler`` and of the samplers inside it (TPE's startup
     sampler, CMA-ES's independent sampler, ...), in a fixed order."""

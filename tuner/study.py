@@ -37,7 +37,7 @@ from tuner.forecast import study_forecast
 from tuner.nn import MLP
 from tuner.note import write_study_note
 from tuner.objective import Objective
-from tuner.samplers import make_pruner, make_sampler
+from tuner.samplers import first_pruning_epoch, make_pruner, make_sampler
 from tuner.search import grid
 from tuner.spec import MAX_SEED, StudySpec, check_study_name, load_spec, parse_spec_dict
 from tuner.storage import (
@@ -265,7 +265,11 @@ def run(
     budgeted = BudgetedStudy(
         study, storage, n_trials, admission=lambda: holdout.admission(storage, study.study_name)
     )
-    objective = _raising_database_errors(Objective(spec, data, artifact_store, seed=seed))
+    objective = _raising_database_errors(
+        Objective(
+            spec, data, artifact_store, seed=seed, first_pruning_epoch=first_pruning_epoch(spec)
+        )
+    )
     before = len(study.get_trials(deepcopy=False))
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
