@@ -2,7 +2,7 @@
 setting runs the study fastest. Prints JSON, one object per line.
 
 ``overhead`` (the default part): runs studies/digits.toml (40 trials, trial plots on, TPE and
-median pruning) in this process on a fresh SQLite file with one BLAS thread (as ``start``),
+median pruning; ``--spec`` another, such as studies/mnist5k.toml) in this process on a fresh SQLite file with one BLAS thread (as ``start``),
 timing every trial from the end of the one before (so ask, sampling, storage writes and tell
 are counted) and, inside it:
 ``training`` (the mini-batch steps of every epoch, in ``tuner.nn.train_epochs``, and the
@@ -22,7 +22,7 @@ interleaved, ``--repeats`` times, one line per run; then per setting the median,
 ``reproducible``: whether the repeats of a setting recorded the very same trials
 (parameters, states, values). A run is stopped after ``--max-seconds``.
 
-Usage: ``python benchmarks/bench_study.py [--part overhead|blas|both] [--repeats 3]``.
+Usage: ``python benchmarks/bench_study.py [--part overhead|blas|both] [--spec S] [--repeats 3]``.
 The load average is printed with each result: on a shared machine, compare settings only
 within one run.
 """
@@ -49,7 +49,7 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def overhead(folder: Path) -> None:
+def overhead(folder: Path, spec: Path) -> None:
     import optuna
 
     import tuner
@@ -118,10 +118,7 @@ def overhead(folder: Path) -> None:
     optuna.Trial.should_prune = timed("should_prune", optuna.Trial.should_prune)
 
     study = tuner.create_study(
-        SPEC,
-        storage=f"sqlite:///{folder / 'overhead.db'}",
-        name="digits",
-        artifact_dir=folder / "artifacts",
+        spec, storage=f"sqlite:///{folder / 'overhead.db'}", artifact_dir=folder / "artifacts"
     )
     rows = []
     last = [time.perf_counter()]
@@ -156,6 +153,7 @@ def overhead(folder: Path) -> None:
         json.dumps(
             {
                 "summary": "overhead",
+                "spec": spec.name,
                 "trials": len(rows),
                 "wall_seconds": round(wall, 2),
                 "outside_fit_share_median": round(statistics.median(shares), 4),
@@ -264,6 +262,12 @@ def main() -> None:
     parser.add_argument("--part", choices=("overhead", "blas", "both"), default="overhead")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--spec",
+        type=Path,
+        default=SPEC,
+        help="the study of the overhead part (studies/mnist5k.toml for the MNIST subset)",
+    )
+    parser.add_argument(
         "--settings",
         nargs="+",
         default=["1x1", "1x2", "2x1", "2x2"],
@@ -278,7 +282,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("overhead", "both"):
-            overhead(Path(tmp))
+            overhead(Path(tmp), args.spec)
         if args.part in ("blas", "both"):
             settings = [tuple(int(v) for v in s.split("x")) for s in args.settings]
             blas(Path(tmp), args.repeats, settings, args.max_seconds)

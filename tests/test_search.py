@@ -204,38 +204,75 @@ def test_every_pruner_runs_a_study(tmp_path, pruner):
         assert counts[TrialState.PRUNED] == 0
 
 
-@pytest.mark.parametrize("pruner", ["median", "percentile"])
-def test_the_pruner_is_asked_from_its_warm_up_on_and_prunes_alike(tmp_path, monkeypatch, pruner):
-    """Optuna's median and percentile pruners never prune before ``n_warmup_steps`` but read
-    the study's trials from storage on every call: the objective asks them from the warm-up
-    step on. The same seeded study, asked every epoch, prunes the same trials at the same
-    epochs."""
-    text = (
-        SMALL.format(n=10).replace("epochs = 3", "epochs = 6")
-        + f'[pruner]\nname = "{pruner}"\nn_startup_trials = 2\nn_warmup_steps = 3\n'
-    )
+#: Pruner tables, and the epochs (of 1 to 6) at which each can prune a trial.
+PRUNING_EPOCHS = {
+    'name = "median"\nn_startup_trials = 2\nn_warmup_steps = 3': {3, 4, 5, 6},
+    'name = "percentile"\npercentile = 40.0\nn_startup_trials = 2\nn_warmup_steps = 3': {
+        3,
+        4,
+        5,
+        6,
+    },
+    # rungs at 1 * 2 ** (1 + k)
+    'name = "successive_halving"\nmin_resource = 1\nreduction_factor = 2\n'
+    "min_early_stopping_rate = 1": {2, 4},
+    # the rungs of every bracket: 1 * 2 ** k
+    'name = "hyperband"\nmin_resource = 1\nreduction_factor = 2': {1, 2, 4},
+    'name = "none"': set(),
+}
+
+
+@pytest.mark.parametrize("pruner", PRUNING_EPOCHS)
+def test_the_pruner_is_asked_only_where_it_can_prune_and_prunes_alike(
+    tmp_path, monkeypatch, pruner
+):
+    """Each call of an Optuna pruner reads from storage: the objective asks it only at the
+    epochs where it can prune (after the median and percentile pruners' warm-up, at the
+    rungs of successive halving and Hyperband). The same seeded study, asked every epoch,
+    prunes the same trials at the same epochs."""
+    text = SMALL.format(n=10).replace("epochs = 3", "epochs = 6") + f"[pruner]\n{pruner}\n"
+    # One study name in both databases: Hyperband assigns brackets by a hash of it.
+    text = text.replace("[study]\n", '[study]\nname = "pruning"\n')
     asked = []
     should_prune = optuna.Trial.should_prune
 
     def counted(trial):
-        asked.append(trial.number)
+        asked.append((trial.number, max(trial._cached_frozen_trial.intermediate_values)))
         return should_prune(trial)
 
     monkeypatch.setattr(optuna.Trial, "should_prune", counted)
-    from_warm_up = _run_in_process(tmp_path, text, name="warm_up").get_trials()
-    # Epochs 3 to k of a trial that reported k epochs: k - 2 calls.
-    assert len(asked) == sum(max(len(t.intermediate_values) - 2, 0) for t in from_warm_up)
+    where_it_can = _run_in_process(tmp_path, text, name="where_it_can").get_trials()
+    epochs = PRUNING_EPOCHS[pruner]
+    assert sorted(asked) == [
+        (t.number, e) for t in where_it_can for e in sorted(t.intermediate_values) if e in epochs
+    ]
     asked.clear()
-    monkeypatch.setattr(tuner.study, "first_pruning_epoch", lambda spec: 1)
+    monkeypatch.setattr(tuner.study, "pruning_epochs", lambda spec, pruner: lambda epoch: True)
     every_epoch = _run_in_process(tmp_path, text, name="every_epoch").get_trials()
     assert len(asked) == sum(len(t.intermediate_values) for t in every_epoch)
 
     def record(trials):
         return [(t.state, t.params, t.intermediate_values) for t in trials]
 
-    assert record(from_warm_up) == record(every_epoch)
-    pruned_at = [len(t.intermediate_values) for t in from_warm_up if t.state == TrialState.PRUNED]
-    assert pruned_at and min(pruned_at) == 3, pruned_at  # pruned, first at the warm-up step
+    assert record(where_it_can) == record(every_epoch)
+    pruned_at = {len(t.intermediate_values) for t in where_it_can if t.state == TrialState.PRUNED}
+    assert pruned_at <= epochs, pruned_at
+
+
+def test_a_pruner_set_by_hand_on_the_optuna_study_is_asked_every_epoch(tmp_path):
+    """The epochs skipped are those where the spec's pruner cannot prune; another pruner,
+    set on ``study.optuna_study``, is asked from the first epoch (a validation accuracy
+    below 0.999 prunes at once)."""
+    path = tmp_path / "s.toml"
+    path.write_text(
+        SMALL.format(n=3).replace("epochs = 3", "epochs = 6")
+        + '[pruner]\nname = "median"\nn_startup_trials = 0\nn_warmup_steps = 4\n'
+    )
+    study = tuner.create_study(path, storage=f"sqlite:///{tmp_path / 's.db'}")
+    study.optuna_study.pruner = optuna.pruners.ThresholdPruner(lower=0.999)
+    study.optimize()
+    trials = study.optuna_study.get_trials()
+    assert [(t.state, len(t.intermediate_values)) for t in trials] == [(TrialState.PRUNED, 1)] * 3
 
 
 def test_trial_pngs_are_drawn_for_complete_trials_only(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +105,9 @@ class Objective:
     metric (``study.metric``, :func:`tuner.metrics.metric_value`) of one trial.
 
     Every epoch that validation value is reported as the trial's intermediate value, and
-    the pruner may stop the trial. A trial whose loss turns NaN or infinite is pruned with
-    the reason recorded (:func:`tuner.schema.set_diverged`). Every finished trial (complete or
+    the pruner may stop the trial (asked only at the epochs where it can prune,
+    :func:`tuner.samplers.pruning_epochs`). A trial whose loss turns NaN or infinite is pruned
+    with the reason recorded (:func:`tuner.schema.set_diverged`). Every finished trial (complete or
     pruned) records its per-epoch training loss and validation value
     (:func:`tuner.schema.set_learning_curves`) and, unless it diverged, the validation
     predictions of its last epoch for the forecast (:mod:`tuner.forecast`); every complete trial also uploads two PNG
@@ -129,11 +131,11 @@ class Objective:
         artifact_store,
         *,
         seed: int,
-        first_pruning_epoch: int = 1,
+        pruning_epochs: Callable[[int], bool] = lambda epoch: True,
     ) -> None:
         self.spec, self.data, self.artifact_store, self.seed = spec, data, artifact_store, seed
-        #: The pruner is asked from this epoch on (:func:`tuner.samplers.first_pruning_epoch`).
-        self.first_pruning_epoch = first_pruning_epoch
+        #: Whether to ask the pruner at an epoch (:func:`tuner.samplers.pruning_epochs`).
+        self.pruning_epochs = pruning_epochs
 
     def __call__(self, trial: optuna.Trial) -> float:
         hp = suggest(trial, self.spec.search)
@@ -174,7 +176,7 @@ class Objective:
                     fold_scores.append(metric_value(metric, logits[rows], y_rows, n_classes))
                 scores.append(float(np.mean(fold_scores)))
                 trial.report(scores[-1], epoch)
-                if epoch >= self.first_pruning_epoch and trial.should_prune():
+                if self.pruning_epochs(epoch) and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         try:

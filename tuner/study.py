@@ -37,7 +37,7 @@ from tuner.forecast import study_forecast
 from tuner.nn import MLP
 from tuner.note import write_study_note
 from tuner.objective import Objective
-from tuner.samplers import first_pruning_epoch, make_pruner, make_sampler
+from tuner.samplers import make_pruner, make_sampler, pruning_epochs
 from tuner.search import grid
 from tuner.spec import MAX_SEED, StudySpec, check_study_name, load_spec, parse_spec_dict
 from tuner.storage import (
@@ -267,7 +267,7 @@ def run(
     )
     objective = _raising_database_errors(
         Objective(
-            spec, data, artifact_store, seed=seed, first_pruning_epoch=first_pruning_epoch(spec)
+            spec, data, artifact_store, seed=seed, pruning_epochs=pruning_epochs(spec, study.pruner)
         )
     )
     before = len(study.get_trials(deepcopy=False))
