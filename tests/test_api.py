@@ -213,6 +213,40 @@ def test_new_studies_record_the_format_version_and_a_newer_one_is_refused(tmp_pa
     engine.dispose()
 
 
+@pytest.mark.parametrize("cut_at", range(1, 6))
+def test_a_creation_cut_short_is_recorded_whole_on_resume(tmp_path, monkeypatch, cut_at):
+    """A Ctrl-C between the writes that record a new study (here before write ``cut_at`` of
+    its six) leaves a study that the next start records whole: the same attributes as a
+    creation that was not cut."""
+    spec = write_spec(tmp_path, n_trials=1, epochs=2)
+    artifacts = tmp_path / "artifacts"
+    reference = tuner.create_study(
+        spec, storage=f"sqlite:///{tmp_path / 'whole.db'}", artifact_dir=artifacts
+    )
+    url = f"sqlite:///{tmp_path / 'cut.db'}"
+    set_user_attr, writes = optuna.Study.set_user_attr, []
+
+    def cut(study, key, value):
+        writes.append(key)
+        if len(writes) > cut_at:
+            raise KeyboardInterrupt
+        set_user_attr(study, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", cut)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.create_study(spec, storage=url, artifact_dir=artifacts)
+    monkeypatch.undo()
+
+    def recorded(study):  # the study's uuid is its own
+        return {k: v for k, v in study.user_attrs.items() if k != schema.STUDY_UUID_ATTR}
+
+    cut_short = recorded(optuna.load_study(study_name="tiny", storage=url))
+    assert len(cut_short) == cut_at and schema.FINGERPRINT_ATTR not in cut_short
+    resumed = tuner.create_study(spec, storage=url, artifact_dir=artifacts).optuna_study
+    assert recorded(resumed) == recorded(reference.optuna_study)
+    assert schema.describe_rows(resumed) == "1079 training, 359 validation rows"
+
+
 def test_stored_keys_are_those_of_existing_databases():
     """Databases written before the schema module must keep working: the key strings stay."""
     assert (

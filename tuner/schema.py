@@ -195,13 +195,18 @@ def record_creation(
     n_validation: int,
 ) -> None:
     """Record what a new study is: its resolved spec, data fingerprint, artifact folder,
-    split sizes and :data:`FORMAT_VERSION`."""
+    split sizes and :data:`FORMAT_VERSION`.
+
+    The fingerprint, which marks a study as recorded (:func:`data_fingerprint`), is written
+    last: a creation cut short (Ctrl-C, a lost connection) has none and is recorded again,
+    whole, when the study is resumed.
+    """
     study.set_user_attr(FORMAT_VERSION_ATTR, FORMAT_VERSION)
     study.set_user_attr(SPEC_ATTR, spec)
-    study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
     study.set_user_attr(ARTIFACT_DIR_ATTR, artifact_dir)
     study.set_user_attr(N_TRAIN_ATTR, int(n_train))
     study.set_user_attr(N_VALIDATION_ATTR, int(n_validation))
+    study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
 
 
 def set_test_size(study: optuna.Study, n_test: int) -> None:
