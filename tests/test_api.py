@@ -213,38 +213,52 @@ def test_new_studies_record_the_format_version_and_a_newer_one_is_refused(tmp_pa
     engine.dispose()
 
 
-@pytest.mark.parametrize("cut_at", range(1, 6))
-def test_a_creation_cut_short_is_recorded_whole_on_resume(tmp_path, monkeypatch, cut_at):
-    """A Ctrl-C between the writes that record a new study (here before write ``cut_at`` of
-    its six) leaves a study that the next start records whole: the same attributes as a
-    creation that was not cut."""
+def test_a_creation_cut_short_anywhere_is_recorded_whole_on_resume(tmp_path, monkeypatch):
+    """A Ctrl-C between any two of the writes that record a new study (its attributes, the
+    dashboard note, the fingerprint that marks it recorded) leaves a study that the next
+    start records whole: the same attributes and note as a creation that was not cut."""
+    from optuna_dashboard import get_note
+
     spec = write_spec(tmp_path, n_trials=1, epochs=2)
     artifacts = tmp_path / "artifacts"
+    writes: list[str] = []
+    cut_at = [None]
+
+    def counting(write):
+        def wrapper(self, *args, **kwargs):
+            writes.append(write.__name__)
+            if cut_at[0] is not None and len(writes) > cut_at[0]:
+                raise KeyboardInterrupt
+            return write(self, *args, **kwargs)
+
+        return wrapper
+
+    for cls, name in [
+        (optuna.Study, "set_user_attr"),
+        (optuna.storages.RDBStorage, "set_study_user_attr"),
+        (optuna.storages.RDBStorage, "set_study_system_attr"),
+    ]:
+        monkeypatch.setattr(cls, name, counting(getattr(cls, name)))
     reference = tuner.create_study(
         spec, storage=f"sqlite:///{tmp_path / 'whole.db'}", artifact_dir=artifacts
-    )
-    url = f"sqlite:///{tmp_path / 'cut.db'}"
-    set_user_attr, writes = optuna.Study.set_user_attr, []
-
-    def cut(study, key, value):
-        writes.append(key)
-        if len(writes) > cut_at:
-            raise KeyboardInterrupt
-        set_user_attr(study, key, value)
-
-    monkeypatch.setattr(optuna.Study, "set_user_attr", cut)
-    with pytest.raises(KeyboardInterrupt):
-        tuner.create_study(spec, storage=url, artifact_dir=artifacts)
-    monkeypatch.undo()
+    ).optuna_study
+    n_writes = len(writes)
+    assert n_writes >= 8, writes  # five attributes, the note, the fingerprint, ...
 
     def recorded(study):  # the study's uuid is its own
-        return {k: v for k, v in study.user_attrs.items() if k != schema.STUDY_UUID_ATTR}
+        attrs = {k: v for k, v in study.user_attrs.items() if k != schema.STUDY_UUID_ATTR}
+        return attrs, get_note(study)
 
-    cut_short = recorded(optuna.load_study(study_name="tiny", storage=url))
-    assert len(cut_short) == cut_at and schema.FINGERPRINT_ATTR not in cut_short
-    resumed = tuner.create_study(spec, storage=url, artifact_dir=artifacts).optuna_study
-    assert recorded(resumed) == recorded(reference.optuna_study)
-    assert schema.describe_rows(resumed) == "1079 training, 359 validation rows"
+    for k in range(n_writes):
+        writes.clear()
+        cut_at[0] = k
+        url = f"sqlite:///{tmp_path / f'cut{k}.db'}"
+        with pytest.raises(KeyboardInterrupt):
+            tuner.create_study(spec, storage=url, artifact_dir=artifacts)
+        cut_at[0] = None
+        resumed = tuner.create_study(spec, storage=url, artifact_dir=artifacts).optuna_study
+        assert recorded(resumed) == recorded(reference), k
+        assert schema.describe_rows(resumed) == "1079 training, 359 validation rows"
 
 
 def test_stored_keys_are_those_of_existing_databases():

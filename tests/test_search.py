@@ -247,7 +247,7 @@ def test_the_pruner_is_asked_only_where_it_can_prune_and_prunes_alike(
         (t.number, e) for t in where_it_can for e in sorted(t.intermediate_values) if e in epochs
     ]
     asked.clear()
-    monkeypatch.setattr(tuner.study, "pruning_epochs", lambda spec, pruner: lambda epoch: True)
+    monkeypatch.setattr(tuner.study, "pruning_epochs", lambda pruner: lambda epoch: True)
     every_epoch = _run_in_process(tmp_path, text, name="every_epoch").get_trials()
     assert len(asked) == sum(len(t.intermediate_values) for t in every_epoch)
 
@@ -259,20 +259,82 @@ def test_the_pruner_is_asked_only_where_it_can_prune_and_prunes_alike(
     assert pruned_at <= epochs, pruned_at
 
 
-def test_a_pruner_set_by_hand_on_the_optuna_study_is_asked_every_epoch(tmp_path):
-    """The epochs skipped are those where the spec's pruner cannot prune; another pruner,
-    set on ``study.optuna_study``, is asked from the first epoch (a validation accuracy
-    below 0.999 prunes at once)."""
+@pytest.mark.parametrize("by_hand", ["threshold", "median without warm-up"])
+def test_a_pruner_set_by_hand_on_the_optuna_study_is_asked_every_epoch(
+    tmp_path, monkeypatch, by_hand
+):
+    """The epochs skipped are those where the pruner the spec built cannot prune. Another
+    pruner set on ``study.optuna_study``, even of the spec's class, is asked from the first
+    epoch: a validation accuracy below 0.999 prunes at once, and a median pruner without the
+    spec's 4-epoch warm-up is asked every epoch."""
     path = tmp_path / "s.toml"
     path.write_text(
-        SMALL.format(n=3).replace("epochs = 3", "epochs = 6")
+        SMALL.format(n=4).replace("epochs = 3", "epochs = 6")
         + '[pruner]\nname = "median"\nn_startup_trials = 0\nn_warmup_steps = 4\n'
     )
+    asked = []
+    should_prune = optuna.Trial.should_prune
+
+    def counted(trial):
+        asked.append(trial.number)
+        return should_prune(trial)
+
+    monkeypatch.setattr(optuna.Trial, "should_prune", counted)
     study = tuner.create_study(path, storage=f"sqlite:///{tmp_path / 's.db'}")
-    study.optuna_study.pruner = optuna.pruners.ThresholdPruner(lower=0.999)
+    study.optuna_study.pruner = (
+        optuna.pruners.ThresholdPruner(lower=0.999)
+        if by_hand == "threshold"
+        else optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    )
     study.optimize()
     trials = study.optuna_study.get_trials()
-    assert [(t.state, len(t.intermediate_values)) for t in trials] == [(TrialState.PRUNED, 1)] * 3
+    assert len(asked) == sum(len(t.intermediate_values) for t in trials)
+    if by_hand == "threshold":
+        assert [(t.state, len(t.intermediate_values)) for t in trials] == [
+            (TrialState.PRUNED, 1)
+        ] * 4
+
+
+@pytest.mark.parametrize("recorded", ["recorded now", "recorded before the fix"])
+def test_a_study_searching_model_keys_resumes_runs_workers_and_finalizes(tmp_path, recorded):
+    """Searched model keys (epochs, hidden_layers) are recorded in [search] only; a spec
+    recorded with their [model] defaults too, as before the fix, still loads. Each command
+    that parses the recorded spec again works: start again (resume), worker, finalize,
+    report."""
+    text = (
+        SMALL.format(n=2)
+        .replace("[model]\nepochs = 3\n", "")
+        .replace(
+            "[search]\n",
+            "[search]\nepochs = { choices = [2, 3] }\nhidden_layers = { low = 1, high = 2 }\n",
+        )
+    )
+    spec = tmp_path / "s.toml"
+    spec.write_text(text)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    art = ["--storage", url, "--artifact-dir", str(tmp_path / "artifacts")]
+    first = invoke_tuner("study", "start", str(spec), *art, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    study = optuna.load_study(study_name="s", storage=url)
+    stored = study.user_attrs["spec"]
+    assert "epochs" not in stored["model"] and "hidden_layers" not in stored["model"]
+    assert stored["search"]["epochs"] == {"choices": [2, 3]}
+    if recorded == "recorded before the fix":
+        study.set_user_attr(
+            "spec", {**stored, "model": {**stored["model"], "epochs": 30, "hidden_layers": 2}}
+        )
+    steps = [
+        ("study", "start", str(spec), "--n-trials", "3", *art),
+        ("study", "worker", "s", "--n-trials", "4", *art),
+        ("study", "finalize", "s", *art),
+        ("study", "report", "s", "--out", str(tmp_path / "report"), "--storage", url),
+    ]
+    for args in steps:
+        result = invoke_tuner(*args, cwd=tmp_path)
+        assert result.returncode == 0, (args, result.stderr)
+    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert len(trials) == 4 and {t.params["epochs"] for t in trials} <= {2, 3}
+    assert all(len(t.intermediate_values) <= t.params["epochs"] for t in trials)
 
 
 def test_trial_pngs_are_drawn_for_complete_trials_only(tmp_path):

@@ -70,7 +70,7 @@ from tuner.nn import MLP
 from tuner.note import evaluations_note, validation_gap, write_study_note
 from tuner.objective import sha256_file
 from tuner.schema import WAITING_ATTR, holdout_table, legacy_table, metadata, study_uuid
-from tuner.spec import parse_spec_dict
+from tuner.spec import parse_recorded_spec
 from tuner.storage import durable_begin, fail_stale_trials, first_line, schema_lock
 
 #: Seconds after which a waiting finalize's mark counts as left by a dead process.
@@ -624,7 +624,7 @@ def _prepare(
             "fingerprint), so it has no test split to evaluate"
         )
     model = load_weights(name, trial_number, artifact_id, sha, artifact_store)
-    spec = parse_spec_dict(recorded)
+    spec = parse_recorded_spec(recorded)
     holdout = load_holdout_data(spec.data)
     if holdout.fingerprint != expected_fp:
         raise StudyRefused(

@@ -64,10 +64,12 @@ def forecast_beside_test(record: dict) -> str:
     return line
 
 
-def study_note(study: optuna.Study, record: dict | None = None) -> str:
-    """The study's note: dataset, split sizes, fingerprint, resolved spec and, once
-    finalized, the locked test ``record`` (from :func:`tuner.holdout.finalize`) with its
-    interval and the validation-test gap."""
+def study_note(
+    study: optuna.Study, record: dict | None = None, *, fingerprint: str | None = None
+) -> str:
+    """The study's note: dataset, split sizes, data fingerprint (``fingerprint``, else the
+    recorded one), resolved spec and, once finalized, the locked test ``record`` (from
+    :func:`tuner.holdout.finalize`) with its interval and the validation-test gap."""
     spec = schema.recorded_spec(study) or {}
     data = spec.get("data", {})
     lines = [
@@ -76,7 +78,7 @@ def study_note(study: optuna.Study, record: dict | None = None) -> str:
         f"- dataset: `{data.get('source')}`, split {data.get('split')} (seed {data.get('seed')}), "
         f"scaling {data.get('scaling')}",
         f"- {schema.describe_rows(study)}; the test split is held out for the one locked evaluation",
-        f"- data fingerprint (SHA-256): `{schema.data_fingerprint(study)}`",
+        f"- data fingerprint (SHA-256): `{fingerprint or schema.data_fingerprint(study)}`",
         "",
     ]
     if record and record["completed"]:
@@ -139,6 +141,8 @@ def _save_note() -> Callable[[optuna.Study, str], None]:
     return optuna_dashboard.save_note
 
 
-def write_study_note(study: optuna.Study, record: dict | None = None) -> None:
+def write_study_note(
+    study: optuna.Study, record: dict | None = None, *, fingerprint: str | None = None
+) -> None:
     """Save :func:`study_note` as the study's dashboard note (replacing the previous one)."""
-    _save_note()(study, study_note(study, record))
+    _save_note()(study, study_note(study, record, fingerprint=fingerprint))

@@ -37,7 +37,7 @@ from tuner.plots import (
     layer_value_limits,
 )
 from tuner.search import suggest
-from tuner.spec import parse_spec_dict
+from tuner.spec import parse_recorded_spec
 from tuner.study import count_trials
 
 REPORT_FILE = "report.html"
@@ -310,7 +310,7 @@ def _activation_sections(study: optuna.Study, out: Path) -> list[Section]:
     resolved = schema.recorded_spec(study)
     if not resolved:
         return [Section(title, note="the study has no recorded spec")]
-    spec = parse_spec_dict(resolved)
+    spec = parse_recorded_spec(resolved)
     try:
         # Training rows only: the report never opens the test split.
         data = load_training_data(spec.data)

@@ -16,6 +16,7 @@ the same values again.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -98,12 +99,21 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         options["max_resource"] = (
             epochs.value if epochs.kind == "fixed" else max(epochs.choices or (epochs.high,))
         )
-    return cls(**options)
+    pruner = cls(**options)
+    _PRUNING_EPOCHS[pruner] = _spec_pruning_epochs(spec)
+    return pruner
 
 
-def pruning_epochs(spec: StudySpec, pruner: optuna.pruners.BasePruner) -> Callable[[int], bool]:
-    """Whether the study's ``pruner``, built by :func:`make_pruner` from the spec, can prune a
-    trial at an epoch (intermediate step, from 1).
+#: The epochs at which each pruner :func:`make_pruner` built can prune.
+_PRUNING_EPOCHS: weakref.WeakKeyDictionary[optuna.pruners.BasePruner, Callable[[int], bool]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def pruning_epochs(pruner: optuna.pruners.BasePruner) -> Callable[[int], bool]:
+    """Whether ``pruner`` can prune a trial at an epoch (intermediate step, from 1): for a
+    pruner :func:`make_pruner` built, the epochs below; for any other (set by hand on
+    ``study.optuna_study``), every epoch.
 
     Each call of an Optuna pruner reads the study's trials or the running trial from
     storage (about 3.5 ms on SQLite, a quarter of a digits epoch; benchmarks/bench_study.py),
@@ -116,14 +126,18 @@ def pruning_epochs(spec: StudySpec, pruner: optuna.pruners.BasePruner) -> Callab
       only steps where it compares a trial or records its rung;
     - Hyperband: at the rungs of all its brackets (``s`` = 0, 1, ...: Li et al. 2018,
       Algorithm 1);
-    - none: never;
-    - a pruner of another class than the spec names (set by hand on ``study.optuna_study``):
-      every epoch.
+    - none: never.
     """
+    return _PRUNING_EPOCHS.get(pruner, _every_epoch)
+
+
+def _every_epoch(epoch: int) -> bool:
+    return True
+
+
+def _spec_pruning_epochs(spec: StudySpec) -> Callable[[int], bool]:
     options = spec.pruner
     name = options["name"]
-    if type(pruner) is not PRUNERS.get(name):
-        return lambda epoch: True
     if name in ("median", "percentile"):
         warm_up = int(options["n_warmup_steps"])
         return lambda epoch: epoch >= warm_up

@@ -189,23 +189,24 @@ def record_creation(
     study: optuna.Study,
     *,
     spec: dict[str, Any],
-    fingerprint: str,
     artifact_dir: str,
     n_train: int,
     n_validation: int,
 ) -> None:
-    """Record what a new study is: its resolved spec, data fingerprint, artifact folder,
-    split sizes and :data:`FORMAT_VERSION`.
-
-    The fingerprint, which marks a study as recorded (:func:`data_fingerprint`), is written
-    last: a creation cut short (Ctrl-C, a lost connection) has none and is recorded again,
-    whole, when the study is resumed.
-    """
+    """Record what a new study is: its resolved spec, artifact folder, split sizes and
+    :data:`FORMAT_VERSION`; everything but its data fingerprint, which
+    :func:`set_data_fingerprint` writes last."""
     study.set_user_attr(FORMAT_VERSION_ATTR, FORMAT_VERSION)
     study.set_user_attr(SPEC_ATTR, spec)
     study.set_user_attr(ARTIFACT_DIR_ATTR, artifact_dir)
     study.set_user_attr(N_TRAIN_ATTR, int(n_train))
     study.set_user_attr(N_VALIDATION_ATTR, int(n_validation))
+
+
+def set_data_fingerprint(study: optuna.Study, fingerprint: str) -> None:
+    """Record the data fingerprint, the last write of a study's creation: it marks the study
+    as recorded (:func:`data_fingerprint`), so that a creation cut short before it (Ctrl-C, a
+    lost connection) is recorded again, whole, when the study is resumed."""
     study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
 
 

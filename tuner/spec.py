@@ -546,7 +546,10 @@ def parse_spec_dict(
     resolved = {
         "study": study,
         "data": data,
-        "model": model,
+        # A searched model key is in [search] only: parsed again, both would be refused.
+        "model": {
+            k: v for k, v in model.items() if k not in SEARCHABLE_MODEL_KEYS or k not in search
+        },
         "search": search,
         "sampler": sampler,
         "pruner": pruner,
@@ -575,6 +578,23 @@ def parse_spec_dict(
         pruner=pruner,
         resolved=resolved,
     )
+
+
+def parse_recorded_spec(resolved: dict) -> StudySpec:
+    """Parse the resolved spec recorded on a study (:func:`tuner.schema.recorded_spec`).
+
+    A spec recorded before December 2026 holds each searched model key twice, its ``[model]``
+    default beside its ``[search]`` entry (``model.epochs = 30`` beside ``search.epochs``),
+    which :func:`parse_spec_dict` refuses; the ``[model]`` copy is dropped.
+
+    Raises:
+        SpecError: the recorded spec is not valid.
+    """
+    model, search = resolved.get("model", {}), resolved.get("search", {})
+    twice = [k for k in SEARCHABLE_MODEL_KEYS if k in model and k in search]
+    if twice:
+        resolved = {**resolved, "model": {k: v for k, v in model.items() if k not in twice}}
+    return parse_spec_dict(resolved)
 
 
 def load_spec(path: str | Path) -> StudySpec:

@@ -39,7 +39,14 @@ from tuner.note import write_study_note
 from tuner.objective import Objective
 from tuner.samplers import make_pruner, make_sampler, pruning_epochs
 from tuner.search import grid
-from tuner.spec import MAX_SEED, StudySpec, check_study_name, load_spec, parse_spec_dict
+from tuner.spec import (
+    MAX_SEED,
+    StudySpec,
+    check_study_name,
+    load_spec,
+    parse_recorded_spec,
+    parse_spec_dict,
+)
 from tuner.storage import (
     GRACE_PERIOD_S,
     HEARTBEAT_INTERVAL_S,
@@ -164,17 +171,17 @@ def create_or_resume(
         schema.record_creation(
             study,
             spec=spec.resolved,
-            fingerprint=data.fingerprint,
             artifact_dir=str(artifact_dir),
             n_train=data.y_train.size,
             n_validation=data.y_validation.size,
         )
-        write_study_note(study)
+        write_study_note(study, fingerprint=data.fingerprint)
+        schema.set_data_fingerprint(study, data.fingerprint)  # last: the study is recorded
     else:
         # The spec first: a changed key (the folds, the split) is named. Parsed again so that
         # keys added to the spec format since (with their defaults) do not count as changes.
         recorded_spec = schema.recorded_spec(study) or {}  # a fingerprint comes with a spec
-        changed = spec_changes(parse_spec_dict(recorded_spec).resolved, spec.resolved)
+        changed = spec_changes(parse_recorded_spec(recorded_spec).resolved, spec.resolved)
         if changed:
             raise StudyRefused(
                 f"study {name!r} was created with a different spec ({', '.join(changed)} changed); "
@@ -267,7 +274,7 @@ def run(
     )
     objective = _raising_database_errors(
         Objective(
-            spec, data, artifact_store, seed=seed, pruning_epochs=pruning_epochs(spec, study.pruner)
+            spec, data, artifact_store, seed=seed, pruning_epochs=pruning_epochs(study.pruner)
         )
     )
     before = len(study.get_trials(deepcopy=False))
@@ -586,7 +593,7 @@ class Study:
                     f"study {self.name!r} has no recorded spec (it was not created by tuner); "
                     "create a tuner study with tuner.create_study(SPEC) or `tuner study start SPEC`"
                 )
-            self._spec = parse_spec_dict(resolved)
+            self._spec = parse_recorded_spec(resolved)
         return self._spec
 
     @property
