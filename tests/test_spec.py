@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO, run_tuner
 
 from tuner.errors import SpecError
-from tuner.spec import DEFAULTS, load_spec, parse_spec_dict
+from tuner.spec import DEFAULTS, load_spec, parse_recorded_spec, parse_spec_dict
 
 
 def test_only_source_is_required_and_defaults_are_filled_in():
@@ -39,6 +39,42 @@ def test_only_source_is_required_and_defaults_are_filled_in():
     assert spec.sampler == {"name": "tpe", "n_startup_trials": 10}
     assert spec.pruner == {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 5}
     assert parse_spec_dict(spec.resolved) == spec  # the stored resolved spec parses back
+
+
+SEARCHED_MODEL_KEYS = {
+    "hidden_layers": "{ low = 1, high = 3 }",
+    "activation": '{ choices = ["relu", "tanh"] }',
+    "epochs": "{ choices = [2, 3] }",
+    "dropout": "{ low = 0.0, high = 0.5 }",
+}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param((REPO / "studies" / p.name).read_text(), id=p.name)
+        for p in sorted((REPO / "studies").glob("*.toml"))
+    ]
+    + [
+        pytest.param(f'[data]\nsource = "sklearn:digits"\n[search]\n{k} = {v}\n', id=f"search.{k}")
+        for k, v in SEARCHED_MODEL_KEYS.items()
+    ]
+    + [
+        pytest.param(
+            '[data]\nsource = "sklearn:wine"\nfolds = 3\nsplit = { test = 0.2 }\n', id="folds"
+        )
+    ],
+)
+def test_every_recorded_spec_parses_back_to_the_same_spec(tmp_path, text):
+    """What a study records (the resolved spec, stored as JSON) is parsed again by every
+    command after the first: it must give the very spec it was resolved from."""
+    import json
+    import tomllib
+
+    spec = parse_spec_dict(tomllib.loads(text), base_dir=REPO / "studies", default_name="s")
+    stored = json.loads(json.dumps(spec.resolved))
+    assert parse_recorded_spec(stored) == spec
+    assert parse_spec_dict(stored) == spec
 
 
 def test_default_spec_file_parses():
