@@ -72,6 +72,30 @@ def test_export_keeps_every_float_exactly_in_any_case_of_extension(finished_stud
     assert records[0]["datetime_start"] == trials[0].datetime_start.isoformat()
 
 
+@pytest.mark.parametrize("intermediate", [False, True])
+def test_export_of_a_study_without_trials_writes_the_columns_and_no_row(tmp_path, intermediate):
+    spec = write_spec(tmp_path)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert (
+        invoke_tuner("study", "create", str(spec), "--storage", url, cwd=tmp_path).returncode == 0
+    )
+    extra = ["--intermediate"] if intermediate else []
+    columns = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
+    for suffix in (".csv", ".json", ".parquet"):
+        out = tmp_path / f"t{suffix}"
+        result = invoke_tuner(
+            "study", "export", "tiny", "--storage", url, "--out", str(out), *extra, cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"wrote 0 trials, 6 columns to {out}"
+        if suffix == ".csv":
+            assert list(pd.read_csv(out).columns) == columns
+        elif suffix == ".parquet":
+            assert list(pd.read_parquet(out).columns) == columns
+        else:
+            assert json.loads(out.read_text()) == []
+
+
 def test_export_to_a_folder_or_another_extension_exits_2_with_one_line(finished_study):
     folder, url = finished_study
     (folder / "DIR.csv").mkdir()

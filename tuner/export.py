@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # pandas comes with the trials table; every other command sta
 FORMATS = (".csv", ".parquet", ".json")
 
 
+#: The columns of the table of a study without trials.
+EMPTY_COLUMNS = ["number", "state", "value", "datetime_start", "datetime_complete", "duration_s"]
+
+
 def trials_table(study: optuna.Study, *, intermediate: bool = False) -> pd.DataFrame:
     """One row per trial: ``number``, ``state``, ``value``, ``datetime_start``,
     ``datetime_complete``, ``duration_s`` (seconds, float), one ``param_NAME`` column per
@@ -36,6 +40,8 @@ def trials_table(study: optuna.Study, *, intermediate: bool = False) -> pd.DataF
         )
     )
     df = df.loc[:, ~df.columns.duplicated()]
+    if "duration" not in df:  # a study without trials: Optuna's table has no columns
+        return df.reindex(columns=EMPTY_COLUMNS)
     # Microseconds / 10**6, as datetime.timedelta.total_seconds() divides: pandas multiplies
     # by 1e-6, which gives 1.4586890000000001 for 1,458,689 microseconds.
     duration = df.pop("duration")
