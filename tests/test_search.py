@@ -46,6 +46,19 @@ BAD_SPECS = [
         "search.initializer.choices: each choice must be",
     ),
     (
+        BASE + "[search]\nepochs = { low = 2, high = 4, step = 3 }\n",
+        "search.epochs.step: high - low (2) must be a multiple of step (3); e.g. high = 5",
+    ),
+    (
+        BASE + "[search]\nlearning_rate = { low = 0.01, high = 0.1, step = 0.04 }\n",
+        "search.learning_rate.step: high - low (0.09) must be a multiple of step (0.04); "
+        "e.g. high = 0.09 or 0.13",
+    ),
+    (
+        BASE + "[model]\nepochs = { low = 8, high = 30, step = 8 }\n",
+        "model.epochs.step: high - low (22) must be a multiple of step (8); e.g. high = 24 or 32",
+    ),
+    (
         BASE + "[search]\nwidth = { low = 8, high = 64, step = 0.5 }\n",
         "search.width.step: must be an integer",
     ),

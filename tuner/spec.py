@@ -9,6 +9,7 @@ naming the key, what was given and what is allowed.
 from __future__ import annotations
 
 import copy
+import decimal
 import difflib
 import math
 import tomllib
@@ -320,6 +321,18 @@ def _parse_param(name: str, raw: Any, where: str = "search") -> Param:
     is_int = _is_int(low) and _is_int(high) and (step is None or _is_int(step))
     if name in INT_PARAMS and not is_int:
         _fail(f"{key}.step", f"must be an integer for an integer parameter, got {step!r}")
+    if step is not None:
+        # As Optuna would otherwise lower high to the last multiple, with a warning per trial.
+        d_low, d_step = decimal.Decimal(str(low)), decimal.Decimal(str(step))
+        span = decimal.Decimal(str(high)) - d_low
+        if span % d_step:
+            below = d_low + (span // d_step) * d_step
+            highs = [h for h in (below, below + d_step) if h > d_low]
+            shown = " or ".join(repr(int(h) if is_int else float(h)) for h in highs)
+            _fail(
+                f"{key}.step",
+                f"high - low ({span}) must be a multiple of step ({step}); e.g. high = {shown}",
+            )
     return Param(
         name,
         "int" if is_int else "float",
