@@ -261,6 +261,32 @@ def test_a_creation_cut_short_anywhere_is_recorded_whole_on_resume(tmp_path, mon
         assert schema.describe_rows(resumed) == "1079 training, 359 validation rows"
 
 
+def test_a_study_without_its_recorded_spec_is_named_so_and_start_records_it(tmp_path):
+    """A study cut short before its spec was recorded (here an Optuna study of that name):
+    show says so in a line, worker refuses it with one line, and start records it and runs."""
+    spec = write_spec(tmp_path, n_trials=2, epochs=2)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(storage=url, study_name="tiny", direction="maximize")
+    shown = invoke_tuner("study", "show", "tiny", "--storage", url, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[:2] == [
+        "study tiny (maximize)",
+        "no recorded spec: its creation was cut short, or it was not created by tuner; starting "
+        "it again with its spec records it (`tuner study start SPEC`)",
+    ]
+    worker = invoke_tuner("study", "worker", "tiny", "--storage", url, cwd=tmp_path)
+    assert worker.returncode == 2
+    assert worker.stderr == (
+        "tuner: error: study 'tiny' has no recorded spec: its creation was cut short, or it was "
+        "not created by tuner; starting it again with its spec records it (`tuner study start "
+        "SPEC`, tuner.create_study(SPEC))\n"
+    )
+    started = invoke_tuner("study", "start", str(spec), "--storage", url, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert schema.data_fingerprint(study) is not None and len(study.get_trials()) == 2
+
+
 def test_stored_keys_are_those_of_existing_databases():
     """Databases written before the schema module must keep working: the key strings stay."""
     assert (

@@ -472,7 +472,11 @@ def show(name, storage_url, as_json) -> None:
     if as_json:
         click.echo(json.dumps(info))
         return
-    click.echo(f"study {info['name']} ({info['direction']} {info['metric']})")
+    if info["spec"] is None:
+        click.echo(f"study {info['name']} ({info['direction']})")
+        click.echo(f"no recorded spec: {studies.NOT_RECORDED} (`tuner study start SPEC`)")
+    else:
+        click.echo(f"study {info['name']} ({info['direction']} {info['metric']})")
     click.echo(
         f"trials: {_format_counts(info['n_trials'])} (study-wide total {info['total_trials']})"
     )

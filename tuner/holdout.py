@@ -620,8 +620,9 @@ def _prepare(
     recorded = schema.recorded_spec(study)
     if recorded is None or expected_fp is None:
         raise StudyRefused(
-            f"study {name!r} was not created by tuner (it has no recorded spec or data "
-            "fingerprint), so it has no test split to evaluate"
+            f"study {name!r} has no recorded spec or data fingerprint (its creation was cut "
+            "short, or it was not created by tuner; starting it again with its spec records it), "
+            "so it has no test split to evaluate"
         )
     model = load_weights(name, trial_number, artifact_id, sha, artifact_store)
     spec = parse_recorded_spec(recorded)
