@@ -357,6 +357,18 @@ name = "grid"
         "stopped: every combination of the grid has been run (4 combinations, fewer than the "
         "total of 10 trials)"
     ]
+    # Resumed, by start and by two workers: nothing to run, no combination repeated.
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    for args in (
+        ["start", str(tmp_path / "s.toml")],
+        ["start", str(tmp_path / "s.toml"), "--workers", "2"],
+    ):
+        again = run_tuner("study", *args, "--storage", url, "--name", "s", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "nothing to run: every combination of the grid has been run (4 combinations)" in (
+            again.stdout + again.stderr
+        )
+    assert len(optuna.load_study(study_name="s", storage=url).get_trials()) == 4
 
 
 def test_stop_after_no_improvement_says_why_the_run_stopped(tmp_path):

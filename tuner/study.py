@@ -96,14 +96,10 @@ def stop_when_grid_exhausted(
     """A callback that stops the study once the grid sampler has run every combination of the
     spec's grid (Optuna's GridSampler stops the study then too), and tells ``on_stop`` why
     when that is before the study's total of ``n_trials``."""
-    n_combinations = math.prod(len(values) for values in grid(spec.search).values())
+    n_combinations = grid_size(spec)
 
     def callback(study: optuna.Study, _trial: FrozenTrial) -> None:
-        grid_sampler = getattr(study.sampler, "sampler", study.sampler)  # TrialSeededSampler's
-        if not (
-            isinstance(grid_sampler, optuna.samplers.GridSampler)
-            and grid_sampler.is_exhausted(study)
-        ):
+        if not grid_exhausted(study):
             return
         if on_stop is not None:
             done = len(study.get_trials(deepcopy=False, states=BUDGET_STATES))
@@ -115,6 +111,19 @@ def stop_when_grid_exhausted(
         study.stop()
 
     return callback
+
+
+def grid_size(spec: StudySpec) -> int:
+    """The number of combinations of the spec's grid."""
+    return math.prod(len(values) for values in grid(spec.search).values())
+
+
+def grid_exhausted(study: optuna.Study) -> bool:
+    """Whether the study's sampler is the grid sampler and has run every combination."""
+    grid_sampler = getattr(study.sampler, "sampler", study.sampler)  # TrialSeededSampler's
+    return isinstance(grid_sampler, optuna.samplers.GridSampler) and grid_sampler.is_exhausted(
+        study
+    )
 
 
 #: Spec keys that may change when a study is resumed; any other change is refused.
@@ -282,6 +291,13 @@ def run(
             spec, data, artifact_store, seed=seed, pruning_epochs=pruning_epochs(study.pruner)
         )
     )
+    if grid_exhausted(study):  # a resumed grid: another trial would repeat a combination
+        if on_notice is not None:
+            on_notice(
+                f"nothing to run: every combination of the grid has been run "
+                f"({grid_size(spec)} combinations)"
+            )
+        return 0
     before = len(study.get_trials(deepcopy=False))
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
