@@ -67,7 +67,7 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(
     """With ``total = 2`` the killed trial holds the last slot of the budget, and the grace
     period outlasts the survivor's start: the survivor finds the budget full of running trials
     and must wait, fail the stale trial and run its retry."""
-    spec = write_spec(tmp_path, n_trials=1, epochs=60)
+    spec = write_spec(tmp_path, n_trials=1, epochs=120)  # a trial outlasts a few polls
     hb = ["--heartbeat-interval", "1", "--grace-period", str(grace)]
     created = run_tuner(
         "study",
@@ -93,13 +93,17 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(
         cwd=tmp_path,
     )
     survivor = None
+    # One storage for the polls: opening one each time took longer under load than the trial.
+    # Optuna's own, not tuner's get_storage: its SQLite reads do not take the write lock, which
+    # the frozen victim may hold.
+    reader = optuna.storages.RDBStorage(storage_url)
+    polled = optuna.load_study(study_name=study_name, storage=reader)
     try:
         deadline = time.monotonic() + 60
         while True:
             # Mid-trial: running and at least one epoch reported, so its parameters are suggested.
             while not any(
-                t.state == TrialState.RUNNING and t.intermediate_values
-                for t in _trials(storage_url, study_name)
+                t.state == TrialState.RUNNING and t.intermediate_values for t in polled.get_trials()
             ):
                 assert victim.poll() is None and time.monotonic() < deadline
                 time.sleep(0.05)
@@ -137,6 +141,7 @@ def test_killed_workers_trial_is_failed_within_the_grace_period_and_retried(
     finally:
         for p in (victim, survivor):
             stop_process(p, terminate=False)
+        reader.engine.dispose()
     trials = _trials(storage_url, study_name)
     counts = _by_state(trials)
     assert trials[stale.number].state == TrialState.FAIL
