@@ -2,8 +2,8 @@
 setting runs the study fastest. Prints JSON, one object per line.
 
 ``overhead`` (the default part): runs studies/digits.toml (40 trials, trial plots on, TPE and
-median pruning; ``--spec`` another, such as studies/mnist5k.toml) in this process on a fresh SQLite file with one BLAS thread (as ``start``),
-timing every trial from the end of the one before (so ask, sampling, storage writes and tell
+median pruning; ``--spec`` another, such as studies/mnist5k.toml) in this process on a fresh
+SQLite file with one BLAS thread (as ``start``), timing every trial from the end of the one before (so ask, sampling, storage writes and tell
 are counted) and, inside it:
 ``training`` (the mini-batch steps of every epoch, in ``tuner.nn.train_epochs``, and the
 refit of a cross-validated trial), ``validation`` (scoring the validation split each epoch:

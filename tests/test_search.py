@@ -270,6 +270,7 @@ def test_the_pruner_is_asked_only_where_it_can_prune_and_prunes_alike(
     assert record(where_it_can) == record(every_epoch)
     pruned_at = {len(t.intermediate_values) for t in where_it_can if t.state == TrialState.PRUNED}
     assert pruned_at <= epochs, pruned_at
+    assert bool(pruned_at) == bool(epochs), pruned_at  # every pruner but none pruned trials
 
 
 @pytest.mark.parametrize("by_hand", ["threshold", "median without warm-up"])

@@ -21,7 +21,7 @@ import sqlalchemy
 from optuna.exceptions import StorageInternalError
 
 from tuner import dashboard as dashboard_module
-from tuner import holdout
+from tuner import holdout, schema
 from tuner import report as report_module
 from tuner import study as studies
 from tuner import workers as run_workers_module
@@ -474,7 +474,7 @@ def show(name, storage_url, as_json) -> None:
         return
     if info["spec"] is None:
         click.echo(f"study {info['name']} ({info['direction']})")
-        click.echo(f"no recorded spec: {studies.NOT_RECORDED} (`tuner study start SPEC`)")
+        click.echo(f"no recorded spec: {schema.NOT_RECORDED} (`tuner study start SPEC`)")
     else:
         click.echo(f"study {info['name']} ({info['direction']} {info['metric']})")
     click.echo(

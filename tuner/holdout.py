@@ -620,8 +620,7 @@ def _prepare(
     recorded = schema.recorded_spec(study)
     if recorded is None or expected_fp is None:
         raise StudyRefused(
-            f"study {name!r} has no recorded spec or data fingerprint (its creation was cut "
-            "short, or it was not created by tuner; starting it again with its spec records it), "
+            f"study {name!r} has no recorded spec or data fingerprint ({schema.NOT_RECORDED}), "
             "so it has no test split to evaluate"
         )
     model = load_weights(name, trial_number, artifact_id, sha, artifact_store)

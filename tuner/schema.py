@@ -185,6 +185,13 @@ def check_format_version(study, name: str) -> None:
         )
 
 
+#: Why a study may lack its recorded spec (:func:`recorded_spec` None), and the remedy.
+NOT_RECORDED = (
+    "its creation was cut short, or it was not created by tuner; starting it again with its "
+    "spec records it"
+)
+
+
 def record_creation(
     study: optuna.Study,
     *,

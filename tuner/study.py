@@ -128,11 +128,6 @@ def grid_exhausted(study: optuna.Study) -> bool:
 
 #: Spec keys that may change when a study is resumed; any other change is refused.
 RESUMABLE_KEYS = {"study.name", "study.n_trials"}
-#: Why a study may lack its recorded spec, and the remedy.
-NOT_RECORDED = (
-    "its creation was cut short, or it was not created by tuner; starting it again with its "
-    "spec records it"
-)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -611,7 +606,7 @@ class Study:
             resolved = schema.recorded_spec(self.optuna_study)
             if resolved is None:
                 raise StudyRefused(
-                    f"study {self.name!r} has no recorded spec: {NOT_RECORDED} (`tuner study "
+                    f"study {self.name!r} has no recorded spec: {schema.NOT_RECORDED} (`tuner study "
                     "start SPEC`, tuner.create_study(SPEC))"
                 )
             self._spec = parse_recorded_spec(resolved)
