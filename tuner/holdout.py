@@ -755,14 +755,17 @@ def finalize(
             raise
         token = 0
         try:
-            held.release()  # a signal held meanwhile is raised here, and releases the claim
+            # Still held: a signal raised in the middle of this write left the connection
+            # unusable for the release below ("can't change 'autocommit' now", seen in CI).
             schema.set_holdout_mark(
                 storage, study_id, {**_written_record(storage, name), "status": "claimed"}
             )
+            held.release()  # a signal held meanwhile is raised here, and releases the claim
             pause = float(os.environ.get(PAUSE_AFTER_CLAIM_ENV, "0") or 0)
             if pause > 0:
                 time.sleep(pause)
         except BaseException as e:  # no test row read yet: the claim is released
+            held.release(deliver=False)
             _release(storage, study_id, identity, token, first_line(e))
             raise
 
